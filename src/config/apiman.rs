@@ -1,0 +1,330 @@
+//! Reading a policy as Apiman writes it (`policyImpl` + `policyJsonConfig`) or in tollgate's
+//! friendly form (`policy` + `config`), and compiling it.
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::json::{describe, Fields, Problems};
+use super::PolicyConfig;
+use crate::policy::{self, PolicyKind};
+
+/// The names a `policyImpl` can be known by, most specific first:
+/// `class:io.apiman.gateway.engine.policies.IPWhitelistPolicy` gives `IPWhitelistPolicy`;
+/// `plugin:io.apiman.plugins:apiman-plugins-cors-policy:1.5.1.Final:war/io.apiman.plugins.cors_policy.CorsPolicy`
+/// gives `cors-policy`, `apiman-plugins-cors-policy` and `CorsPolicy`.
+pub fn impl_names(policy_impl: &str) -> Vec<String> {
+    let s = policy_impl.trim();
+    if let Some(class) = s.strip_prefix("class:") {
+        return vec![simple_class_name(class).to_string()];
+    }
+    if let Some(coordinates) = s.strip_prefix("plugin:") {
+        let (gav, class) = coordinates.split_once('/').unwrap_or((coordinates, ""));
+        let mut names = Vec::new();
+        if let Some(artifact) = gav.split(':').nth(1) {
+            if let Some(short) = artifact.strip_prefix("apiman-plugins-") {
+                names.push(short.to_string());
+            }
+            names.push(artifact.to_string());
+        }
+        if !class.is_empty() {
+            names.push(simple_class_name(class).to_string());
+        }
+        return names;
+    }
+    vec![simple_class_name(s).to_string()]
+}
+
+fn simple_class_name(class: &str) -> &str {
+    class.rsplit('.').next().unwrap_or(class).trim()
+}
+
+/// Parses and compiles one policy entry at `path`.
+pub fn parse_policy(v: &Value, path: &str, problems: &mut Problems) -> Option<PolicyConfig> {
+    let mut f = Fields::of(v, path, problems)?;
+    let friendly = f.string(&["policy"], problems);
+    let policy_impl = f.string(&["policyImpl"], problems);
+    let (name_shown, names) = match (&friendly, &policy_impl) {
+        (Some(id), _) => (id.clone(), vec![id.trim().to_string()]),
+        (None, Some(imp)) => (imp.clone(), impl_names(imp)),
+        (None, None) => {
+            problems.error(
+                path,
+                "a policy needs \"policy\" (tollgate id) or \"policyImpl\" (Apiman)",
+            );
+            f.ignore(&["config", "policyJsonConfig"]);
+            f.finish(problems);
+            return None;
+        }
+    };
+    // The friendly form takes an object; Apiman's a JSON string. Accept either in either field.
+    let config_raw = f.raw(&["config", "policyJsonConfig"]);
+    f.ignore(&["policyDefinitionId", "name", "description", "enabled"]);
+    f.finish(problems);
+
+    let kind = names.iter().find_map(|n| policy::kind_by_name(n));
+    let Some(kind) = kind else {
+        match names.iter().find_map(|n| policy::not_yet_implemented(n)) {
+            Some(id) => problems.error(
+                path,
+                format!(
+                    "policy \"{name_shown}\" ({id}) is an Apiman policy this tollgate version does not implement yet; \
+                     refusing to load rather than run the API without it"
+                ),
+            ),
+            None => problems.error(
+                path,
+                format!(
+                    "unknown policy \"{name_shown}\"; known: {}",
+                    policy::KINDS.iter().map(|k| k.id).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+        return None;
+    };
+
+    let config_path = match config_raw {
+        Some((key, _)) => key,
+        None => "config",
+    };
+    let parsed;
+    let config: &Value = match config_raw {
+        None => {
+            parsed = Value::Object(Default::default());
+            &parsed
+        }
+        Some((_, Value::String(text))) if text.trim().is_empty() => {
+            parsed = Value::Object(Default::default());
+            &parsed
+        }
+        Some((_, Value::String(text))) => {
+            match serde_json::from_str::<Value>(&substitute_properties(text)) {
+                Ok(v) => {
+                    parsed = v;
+                    &parsed
+                }
+                Err(e) => {
+                    problems.errors.push(format!(
+                        "{path} ({}): {config_path} is not valid JSON: {e}",
+                        kind.id
+                    ));
+                    return None;
+                }
+            }
+        }
+        Some((_, v @ Value::Object(_))) => v,
+        Some((_, other)) => {
+            problems.errors.push(format!(
+                "{path} ({}): {config_path} must be a JSON object or a string holding one, found {}",
+                kind.id,
+                describe(other)
+            ));
+            return None;
+        }
+    };
+    compile(kind, config, path, config_path, problems)
+}
+
+/// Compiles `config` for `kind`. Problems inside the configuration are reported as
+/// `<policy path> (<id>): <problem> (<field>)`.
+fn compile(
+    kind: &'static PolicyKind,
+    config: &Value,
+    path: &str,
+    config_path: &str,
+    problems: &mut Problems,
+) -> Option<PolicyConfig> {
+    let mut inner = Problems::default();
+    let policy = Fields::of(config, "", &mut inner).and_then(|mut fields| {
+        let p = (kind.build)(&mut fields, &mut inner);
+        fields.finish(&mut inner);
+        p
+    });
+    let located = |entry: String| -> String {
+        let (field, message) = entry.split_once(": ").unwrap_or(("", entry.as_str()));
+        let field = if field.is_empty() {
+            config_path.to_string()
+        } else {
+            format!("{config_path}.{field}")
+        };
+        format!("{path} ({}): {message} ({field})", kind.id)
+    };
+    let failed = !inner.errors.is_empty();
+    problems
+        .errors
+        .extend(inner.errors.into_iter().map(located));
+    problems
+        .warnings
+        .extend(inner.warnings.into_iter().map(located));
+    if failed {
+        return None;
+    }
+    policy.map(|policy| PolicyConfig {
+        path: path.to_string(),
+        id: kind.id,
+        policy: Rc::from(policy),
+    })
+}
+
+/// Apiman resolves `${name}` in policy configurations from system properties and the
+/// environment. Here the environment is the one Envoy gives the VM
+/// (`vm_config.environment_variables`); unknown names are left as written.
+pub fn substitute_properties(text: &str) -> String {
+    if !text.contains("${") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                let (var, default) = match name.split_once(':') {
+                    Some((v, d)) => (v, Some(d)),
+                    None => (name, None),
+                };
+                match std::env::var(var.trim())
+                    .ok()
+                    .or(default.map(str::to_string))
+                {
+                    Some(value) => out.push_str(&json_escape_inner(&value)),
+                    None => out.push_str(&rest[start..start + 2 + end + 1]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Escapes a value for use inside a JSON string literal (substitution happens in JSON text).
+fn json_escape_inner(value: &str) -> String {
+    let quoted = Value::String(value.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> (Option<PolicyConfig>, Problems) {
+        let mut p = Problems::default();
+        let c = parse_policy(&v, "apis[0].apiPolicies[0]", &mut p);
+        (c, p)
+    }
+
+    #[test]
+    fn class_impls_name_the_class() {
+        assert_eq!(
+            impl_names("class:io.apiman.gateway.engine.policies.IPWhitelistPolicy"),
+            vec!["IPWhitelistPolicy"]
+        );
+    }
+
+    #[test]
+    fn plugin_impls_name_the_artifact_and_the_class() {
+        assert_eq!(
+            impl_names("plugin:io.apiman.plugins:apiman-plugins-cors-policy:1.5.1.Final:war/io.apiman.plugins.cors_policy.CorsPolicy"),
+            vec!["cors-policy", "apiman-plugins-cors-policy", "CorsPolicy"]
+        );
+    }
+
+    #[test]
+    fn apiman_form_with_a_json_string_config_compiles() {
+        let (c, p) = parse(json!({
+            "policyImpl": "class:io.apiman.gateway.engine.policies.IPBlacklistPolicy",
+            "policyJsonConfig": "{\"ipList\":[\"10.0.0.1\"],\"responseCode\":403}"
+        }));
+        assert!(p.is_ok(), "{:?}", p.errors);
+        assert_eq!(c.unwrap().id, "ip-blocklist");
+    }
+
+    #[test]
+    fn friendly_form_with_an_object_config_compiles() {
+        let (c, p) = parse(json!({"policy": "ip-allowlist", "config": {"ipList": ["10.0.0.0/8"]}}));
+        assert!(p.is_ok(), "{:?}", p.errors);
+        assert_eq!(c.unwrap().id, "ip-allowlist");
+    }
+
+    #[test]
+    fn an_unknown_policy_is_an_error_listing_the_known_ones() {
+        let (c, p) = parse(json!({"policy": "teleport", "config": {}}));
+        assert!(c.is_none());
+        assert_eq!(p.errors.len(), 1);
+        assert!(
+            p.errors[0].starts_with(
+                "apis[0].apiPolicies[0]: unknown policy \"teleport\"; known: ip-allowlist"
+            ),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn a_known_but_unimplemented_apiman_policy_is_refused_not_skipped() {
+        let (c, p) = parse(json!({
+            "policyImpl": "class:io.apiman.gateway.engine.policies.RateLimitingPolicy",
+            "policyJsonConfig": "{}"
+        }));
+        assert!(c.is_none());
+        assert!(
+            p.errors[0].contains(
+                "(rate-limiting) is an Apiman policy this tollgate version does not implement yet"
+            ),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_policy_path_id_and_field() {
+        let (_, p) = parse(json!({
+            "policyImpl": "class:io.apiman.gateway.engine.policies.IPWhitelistPolicy",
+            "policyJsonConfig": "{\"ipList\":[\"10.0.0.1\", \"10.0.0.300/8\"]}"
+        }));
+        assert_eq!(
+            p.errors,
+            vec!["apis[0].apiPolicies[0] (ip-allowlist): \"10.0.0.300/8\" is not an IP, CIDR, range or wildcard (policyJsonConfig.ipList[1])"]
+        );
+    }
+
+    #[test]
+    fn a_config_string_that_is_not_json_is_an_error() {
+        let (_, p) = parse(json!({"policy": "ip-allowlist", "policyJsonConfig": "{ipList:"}));
+        assert!(
+            p.errors[0].starts_with(
+                "apis[0].apiPolicies[0] (ip-allowlist): policyJsonConfig is not valid JSON"
+            ),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn unknown_config_fields_are_warnings() {
+        let (c, p) =
+            parse(json!({"policy": "ip-allowlist", "config": {"ipList": [], "colour": "red"}}));
+        assert!(c.is_some());
+        assert_eq!(
+            p.warnings,
+            vec!["apis[0].apiPolicies[0] (ip-allowlist): unknown field ignored (config.colour)"]
+        );
+    }
+
+    #[test]
+    fn property_placeholders_resolve_from_the_environment_or_their_default() {
+        std::env::set_var("TOLLGATE_TEST_REALM", "a\"b");
+        assert_eq!(
+            substitute_properties("{\"r\":\"${TOLLGATE_TEST_REALM}\",\"d\":\"${NOPE_NOT_SET:x}\",\"k\":\"${NOPE_NOT_SET}\"}"),
+            "{\"r\":\"a\\\"b\",\"d\":\"x\",\"k\":\"${NOPE_NOT_SET}\"}"
+        );
+    }
+}

@@ -1,0 +1,599 @@
+//! The configuration schema: Apiman's gateway registry beans (`apis`, `clients` with
+//! `contracts`), tollgate's `plans` and `gateway` settings.
+//!
+//! Parsing is lenient where Apiman is (unknown fields are warnings, numbers may be strings) and
+//! strict where it matters (every policy compiles, every reference resolves). All problems are
+//! collected with their JSON path, so a refused configuration says everything that is wrong.
+
+pub mod apiman;
+pub mod json;
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use crate::client_ip::TrustedProxies;
+use crate::policy::Policy;
+use json::{Fields, Problems};
+
+/// A policy as configured: where it was found, its kind, and its compiled form.
+#[derive(Clone)]
+pub struct PolicyConfig {
+    pub path: String,
+    pub id: &'static str,
+    pub policy: Rc<dyn Policy>,
+}
+
+/// Where an API's traffic goes: parsed from Apiman's `endpoint` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` as written in the URL; what goes into `:authority` (Apiman sets
+    /// `Host` the same way).
+    pub authority: String,
+    /// The path as written (`""` for none); joined with the request's resource as Apiman does.
+    pub path: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let trimmed = url.trim();
+        let (https, rest) = if let Some(r) = strip_prefix_ignore_case(trimmed, "https://") {
+            (true, r)
+        } else if let Some(r) = strip_prefix_ignore_case(trimmed, "http://") {
+            (false, r)
+        } else {
+            return Err(format!("\"{url}\" is not an http:// or https:// URL"));
+        };
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("\"{url}\" has an invalid host or port"))?;
+        if host.is_empty() {
+            return Err(format!("\"{url}\" has no host"));
+        }
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        Ok(Endpoint {
+            url: trimmed.to_string(),
+            https,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: port.unwrap_or(default_port),
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The default Envoy cluster name for an endpoint without an explicit `cluster`.
+    pub fn default_cluster(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; `None` if the port is not a number.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let host = &authority[..=end];
+        return match &authority[end + 1..] {
+            "" => Some((host, None)),
+            rest => Some((host, Some(rest.strip_prefix(':')?.parse().ok()?))),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+/// An Apiman `Api` bean plus tollgate's `cluster`.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub path: String,
+    pub organization_id: String,
+    pub api_id: String,
+    pub version: String,
+    pub public: bool,
+    pub endpoint: Option<Endpoint>,
+    pub cluster: Option<String>,
+    pub disable_keys_strip: bool,
+    /// `endpointContentType` is `xml`: errors are written as XML, as Apiman does.
+    pub xml: bool,
+    /// Upstream BASIC credentials from `endpointProperties` (`authorization.type: basic`).
+    pub basic_auth: Option<(String, String)>,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// An Apiman `Client` bean plus tollgate's `apiKeyHash` and client-level `policies`.
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub path: String,
+    pub organization_id: String,
+    pub client_id: String,
+    pub version: String,
+    pub key: ClientKey,
+    pub policies: Vec<PolicyConfig>,
+    pub contracts: Vec<ContractConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    Clear(String),
+    /// SHA-256 of the key.
+    Sha256([u8; 32]),
+    Missing,
+}
+
+#[derive(Clone)]
+pub struct ContractConfig {
+    pub path: String,
+    pub api_org_id: String,
+    pub api_id: String,
+    pub api_version: String,
+    pub plan: Option<String>,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// A tollgate plan: policies shared by every contract that names it.
+#[derive(Clone)]
+pub struct PlanConfig {
+    pub path: String,
+    pub plan_id: String,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// The `gateway` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// The request header carrying the API key (Apiman: `X-API-Key`).
+    pub api_key_header: String,
+    /// The query parameter carrying the API key (Apiman: `apikey`).
+    pub api_key_query_param: String,
+    /// The header the filter writes the API's cluster into, for a `cluster_header` route.
+    pub cluster_header: String,
+    /// Proxies in front of the gateway, for `X-Forwarded-For` / `Forwarded` parsing.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            api_key_header: "x-api-key".to_string(),
+            api_key_query_param: "apikey".to_string(),
+            cluster_header: "x-tollgate-cluster".to_string(),
+            trusted_proxies: TrustedProxies::default(),
+        }
+    }
+}
+
+/// A parsed configuration; cross-references are checked when the registry is built from it.
+#[derive(Clone, Default)]
+pub struct GatewayConfig {
+    pub apis: Vec<ApiConfig>,
+    pub clients: Vec<ClientConfig>,
+    pub plans: Vec<PlanConfig>,
+    pub gateway: GatewaySettings,
+}
+
+/// Parses a configuration document. Returns what could be parsed plus every problem found.
+pub fn parse(bytes: &[u8]) -> (GatewayConfig, Problems) {
+    let mut problems = Problems::default();
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.error(
+                "(configuration)",
+                format!("not valid JSON: {e} (the plugin configuration must be one JSON object)"),
+            );
+            return (GatewayConfig::default(), problems);
+        }
+    };
+    let config = parse_value(&value, &mut problems);
+    (config, problems)
+}
+
+pub fn parse_value(value: &Value, problems: &mut Problems) -> GatewayConfig {
+    let mut config = GatewayConfig::default();
+    let Some(mut top) = Fields::of(value, "", problems) else {
+        return config;
+    };
+    if let Some(mut g) = top.object(&["gateway"], problems) {
+        config.gateway = parse_settings(&mut g, problems);
+        g.finish(problems);
+    }
+    for (path, v) in top.array(&["apis"], problems) {
+        if let Some(api) = parse_api(v, &path, problems) {
+            config.apis.push(api);
+        }
+    }
+    for (path, v) in top.array(&["clients"], problems) {
+        if let Some(client) = parse_client(v, &path, problems) {
+            config.clients.push(client);
+        }
+    }
+    for (path, v) in top.array(&["plans"], problems) {
+        if let Some(plan) = parse_plan(v, &path, problems) {
+            config.plans.push(plan);
+        }
+    }
+    top.finish(problems);
+    config
+}
+
+fn parse_settings(g: &mut Fields, problems: &mut Problems) -> GatewaySettings {
+    let mut s = GatewaySettings::default();
+    if let Some(h) = header_name(g, &["apiKeyHeader"], problems) {
+        s.api_key_header = h;
+    }
+    if let Some(q) = g.string(&["apiKeyQueryParam", "apiKeyQueryParameter"], problems) {
+        if q.trim().is_empty() {
+            problems.error(&g.field_path("apiKeyQueryParam"), "must not be empty");
+        } else {
+            s.api_key_query_param = q.trim().to_string();
+        }
+    }
+    if let Some(h) = header_name(g, &["clusterHeader"], problems) {
+        s.cluster_header = h;
+    }
+    for (path, text) in g.strings(&["trustedProxies"], problems) {
+        match parse_network(&text) {
+            Some(net) => s.trusted_proxies.networks.push(net),
+            None => problems.error(&path, format!("\"{text}\" is not an IP address or CIDR")),
+        }
+    }
+    if let Some(hops) = g.integer(&["trustedHops", "xffTrustedHops"], problems) {
+        match usize::try_from(hops) {
+            Ok(h) => s.trusted_proxies.hops = h,
+            Err(_) => problems.error(&g.field_path("trustedHops"), "must not be negative"),
+        }
+    }
+    s
+}
+
+/// An IP or CIDR as an `IpNet` (a bare address is a /32 or /128).
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| t.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// A header-name setting: a non-empty HTTP token, returned lower-cased.
+fn header_name(f: &mut Fields, names: &[&str], problems: &mut Problems) -> Option<String> {
+    let value = f.string(names, problems)?;
+    let name = value.trim();
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        problems.error(
+            &f.field_path(names[0]),
+            format!("\"{value}\" is not a valid header name"),
+        );
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn required(f: &mut Fields, names: &[&str], problems: &mut Problems) -> String {
+    match f.string(names, problems) {
+        Some(s) if !s.trim().is_empty() => s,
+        Some(_) => {
+            problems.error(&f.field_path(names[0]), "must not be empty");
+            String::new()
+        }
+        None => {
+            if !f.has(names[0]) {
+                problems.error(&f.field_path(names[0]), "is required");
+            }
+            String::new()
+        }
+    }
+}
+
+fn parse_api(v: &Value, path: &str, problems: &mut Problems) -> Option<ApiConfig> {
+    let mut f = Fields::of(v, path, problems)?;
+    let organization_id = required(&mut f, &["organizationId"], problems);
+    let api_id = required(&mut f, &["apiId"], problems);
+    let version = required(&mut f, &["version"], problems);
+    let public = f
+        .bool(&["publicAPI", "publicApi"], problems)
+        .unwrap_or(false);
+    let endpoint = match f.string(&["endpoint"], problems) {
+        Some(url) => match Endpoint::parse(&url) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                problems.error(&f.field_path("endpoint"), msg);
+                None
+            }
+        },
+        None => {
+            problems.error(&f.field_path("endpoint"), "is required");
+            None
+        }
+    };
+    let cluster = f
+        .string(&["cluster"], problems)
+        .map(|c| c.trim().to_string());
+    if cluster.as_deref() == Some("") {
+        problems.error(&f.field_path("cluster"), "must not be empty");
+    }
+    let disable_keys_strip = f
+        .bool(&["disableKeysStrip", "keysStrippingDisabled"], problems)
+        .unwrap_or(false);
+    let xml = f
+        .string(&["endpointContentType"], problems)
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("xml"));
+    f.ignore(&["endpointType"]);
+    let basic_auth = f
+        .object(&["endpointProperties"], problems)
+        .and_then(|props| endpoint_basic_auth(props, problems));
+    f.ignore(&["parsePayload", "maxPayloadBufferSize", "tenantId"]);
+    let policies = parse_policies(&mut f, &["apiPolicies", "policies"], problems);
+    f.finish(problems);
+    Some(ApiConfig {
+        path: path.to_string(),
+        organization_id,
+        api_id,
+        version,
+        public,
+        endpoint,
+        cluster,
+        disable_keys_strip,
+        xml,
+        basic_auth,
+        policies,
+    })
+}
+
+/// Apiman's endpoint security: `authorization.type: basic` with `basic-auth.username` and
+/// `basic-auth.password` makes the gateway send those credentials to the backend.
+fn endpoint_basic_auth(mut props: Fields, problems: &mut Problems) -> Option<(String, String)> {
+    let kind = props.string(&["authorization.type"], problems);
+    let user = props.string(&["basic-auth.username"], problems);
+    let password = props.string(&["basic-auth.password"], problems);
+    // Other endpoint properties are passed through by Apiman to connectors; they are free-form,
+    // so they are not reported as unknown.
+    props.ignore(&["basic-auth.requireSSL"]);
+    match kind.as_deref().map(str::trim) {
+        Some(k) if k.eq_ignore_ascii_case("basic") => match (user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            _ => {
+                problems.error(
+                    props.path(),
+                    "authorization.type is basic but basic-auth.username or basic-auth.password is missing",
+                );
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
+fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<ClientConfig> {
+    let mut f = Fields::of(v, path, problems)?;
+    let organization_id = required(&mut f, &["organizationId"], problems);
+    let client_id = required(&mut f, &["clientId"], problems);
+    let version = required(&mut f, &["version"], problems);
+    let clear = f.string(&["apiKey"], problems);
+    let hashed = f.string(&["apiKeyHash"], problems);
+    let key = match (clear, hashed) {
+        (Some(_), Some(_)) => {
+            problems.error(path, "give apiKey or apiKeyHash, not both");
+            ClientKey::Missing
+        }
+        (Some(k), None) if k.is_empty() => {
+            problems.error(&f.field_path("apiKey"), "must not be empty");
+            ClientKey::Missing
+        }
+        (Some(k), None) => ClientKey::Clear(k),
+        (None, Some(h)) => match parse_key_hash(&h) {
+            Some(digest) => ClientKey::Sha256(digest),
+            None => {
+                problems.error(
+                    &f.field_path("apiKeyHash"),
+                    "expected \"sha256:\" followed by 64 hex digits",
+                );
+                ClientKey::Missing
+            }
+        },
+        (None, None) => {
+            problems.error(path, "a client needs an apiKey or an apiKeyHash");
+            ClientKey::Missing
+        }
+    };
+    let policies = parse_policies(&mut f, &["policies"], problems);
+    let mut contracts = Vec::new();
+    for (cpath, cv) in f.array(&["contracts"], problems) {
+        if let Some(c) = parse_contract(cv, &cpath, problems) {
+            contracts.push(c);
+        }
+    }
+    f.ignore(&["tenantId", "permissions"]);
+    f.finish(problems);
+    Some(ClientConfig {
+        path: path.to_string(),
+        organization_id,
+        client_id,
+        version,
+        key,
+        policies,
+        contracts,
+    })
+}
+
+fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
+    let hex = strip_prefix_ignore_case(text.trim(), "sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<ContractConfig> {
+    let mut f = Fields::of(v, path, problems)?;
+    let api_org_id = required(&mut f, &["apiOrgId"], problems);
+    let api_id = required(&mut f, &["apiId"], problems);
+    let api_version = required(&mut f, &["apiVersion"], problems);
+    let plan = f
+        .string(&["plan"], problems)
+        .filter(|p| !p.trim().is_empty());
+    let policies = parse_policies(&mut f, &["policies"], problems);
+    f.finish(problems);
+    Some(ContractConfig {
+        path: path.to_string(),
+        api_org_id,
+        api_id,
+        api_version,
+        plan,
+        policies,
+    })
+}
+
+fn parse_plan(v: &Value, path: &str, problems: &mut Problems) -> Option<PlanConfig> {
+    let mut f = Fields::of(v, path, problems)?;
+    let plan_id = required(&mut f, &["planId", "id"], problems);
+    f.ignore(&["organizationId", "version", "name", "description"]);
+    let policies = parse_policies(&mut f, &["policies"], problems);
+    f.finish(problems);
+    Some(PlanConfig {
+        path: path.to_string(),
+        plan_id,
+        policies,
+    })
+}
+
+fn parse_policies(f: &mut Fields, names: &[&str], problems: &mut Problems) -> Vec<PolicyConfig> {
+    f.array(names, problems)
+        .into_iter()
+        .filter_map(|(path, v)| apiman::parse_policy(v, &path, problems))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors_of(config: Value) -> Vec<String> {
+        let mut p = Problems::default();
+        parse_value(&config, &mut p);
+        p.errors
+    }
+
+    #[test]
+    fn endpoints_split_into_authority_and_path() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/echo/").unwrap();
+        assert_eq!(e.authority, "127.0.0.1:8080");
+        assert_eq!(e.path, "/echo/");
+        assert_eq!(e.default_cluster(), "127.0.0.1:8080");
+        let e = Endpoint::parse("https://api.example.com").unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.port, e.path.as_str()),
+            ("api.example.com", 443, "")
+        );
+        let e = Endpoint::parse("http://[::1]:9000/x?y=1").unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.host.as_str(), e.path.as_str()),
+            ("[::1]:9000", "::1", "/x")
+        );
+    }
+
+    #[test]
+    fn a_non_http_endpoint_is_refused_with_its_path() {
+        let errors = errors_of(json!({"apis": [{
+            "organizationId": "o", "apiId": "a", "version": "1", "endpoint": "ftp://x"
+        }]}));
+        assert_eq!(
+            errors,
+            vec!["apis[0].endpoint: \"ftp://x\" is not an http:// or https:// URL"]
+        );
+    }
+
+    #[test]
+    fn missing_ids_are_reported_each() {
+        let errors = errors_of(json!({"apis": [{"endpoint": "http://x"}]}));
+        assert_eq!(
+            errors,
+            vec![
+                "apis[0].organizationId: is required",
+                "apis[0].apiId: is required",
+                "apis[0].version: is required"
+            ]
+        );
+    }
+
+    #[test]
+    fn api_key_hashes_must_be_sha256_hex() {
+        let errors = errors_of(json!({"clients": [{
+            "organizationId": "o", "clientId": "c", "version": "1", "apiKeyHash": "md5:abc"
+        }]}));
+        assert_eq!(
+            errors,
+            vec!["clients[0].apiKeyHash: expected \"sha256:\" followed by 64 hex digits"]
+        );
+    }
+
+    #[test]
+    fn gateway_settings_are_read_and_lower_cased() {
+        let mut p = Problems::default();
+        let c = parse_value(
+            &json!({"gateway": {"apiKeyHeader": "X-Key", "apiKeyQueryParam": "key",
+                                "trustedProxies": ["10.0.0.0/8", "192.0.2.1"], "trustedHops": 1}}),
+            &mut p,
+        );
+        assert!(p.is_ok(), "{:?}", p.errors);
+        assert_eq!(c.gateway.api_key_header, "x-key");
+        assert_eq!(c.gateway.api_key_query_param, "key");
+        assert_eq!(c.gateway.trusted_proxies.networks.len(), 2);
+        assert_eq!(c.gateway.trusted_proxies.hops, 1);
+    }
+
+    #[test]
+    fn invalid_json_is_one_clear_error() {
+        let (_, p) = parse(b"{\"apis\": [");
+        assert_eq!(p.errors.len(), 1);
+        assert!(
+            p.errors[0].starts_with("(configuration): not valid JSON"),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn endpoint_basic_auth_is_read_from_endpoint_properties() {
+        let mut p = Problems::default();
+        let c = parse_value(
+            &json!({"apis": [{"organizationId": "o", "apiId": "a", "version": "1",
+                "endpoint": "http://x", "endpointProperties": {
+                    "authorization.type": "basic", "basic-auth.username": "u",
+                    "basic-auth.password": "p"}}]}),
+            &mut p,
+        );
+        assert!(p.is_ok(), "{:?}", p.errors);
+        assert_eq!(c.apis[0].basic_auth, Some(("u".into(), "p".into())));
+    }
+}

@@ -1,0 +1,184 @@
+//! Ignored Resources (Apiman's `IgnoredResourcesPolicy`): matching paths answer 404 as if they
+//! did not exist.
+
+use regex::Regex;
+
+use super::{
+    full_match_regex, Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict,
+};
+use crate::http::Request;
+
+pub const KIND: PolicyKind = PolicyKind {
+    id: "ignored-resources",
+    apiman_names: &["IgnoredResourcesPolicy", "ignored-resources-policy"],
+    build: |f, problems| {
+        let mut rules = Vec::new();
+        let mut ok = true;
+        for (path, value) in f.array(&["rules"], problems) {
+            let Some(mut rule) = crate::config::json::Fields::of(value, &path, problems) else {
+                ok = false;
+                continue;
+            };
+            let verb = rule
+                .string(&["verb"], problems)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty() && v != "*");
+            match rule.string(&["pathPattern"], problems) {
+                Some(pattern) => match full_match_regex(&pattern) {
+                    Ok(regex) => rules.push(Rule { verb, regex }),
+                    Err(message) => {
+                        problems.error(&rule.field_path("pathPattern"), message);
+                        ok = false;
+                    }
+                },
+                None => {
+                    problems.error(&rule.field_path("pathPattern"), "is required");
+                    ok = false;
+                }
+            }
+            rule.finish(problems);
+        }
+        // Apiman 1.x configurations: a list of path regexes, any verb.
+        for (path, pattern) in f.strings(&["pathsToIgnore", "pathToIgnore"], problems) {
+            match full_match_regex(&pattern) {
+                Ok(regex) => rules.push(Rule { verb: None, regex }),
+                Err(message) => {
+                    problems.error(&path, message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| Box::new(IgnoredResources { rules }) as _)
+    },
+};
+
+/// Apiman's failure code PATHS_TO_IGNORE.
+pub const FAILURE_CODE: u32 = 10007;
+
+struct Rule {
+    /// `None` matches every verb (`*`).
+    verb: Option<String>,
+    regex: Regex,
+}
+
+pub struct IgnoredResources {
+    rules: Vec<Rule>,
+}
+
+impl Policy for IgnoredResources {
+    fn id(&self) -> &'static str {
+        KIND.id
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {
+        let destination = cx.destination();
+        let ignored = self.rules.iter().any(|r| {
+            r.verb
+                .as_deref()
+                .is_none_or(|v| v.eq_ignore_ascii_case(&request.method))
+                && r.regex.is_match(destination)
+        });
+        if !ignored {
+            return Verdict::Continue;
+        }
+        Verdict::Fail(PolicyFailure::new(
+            FailureType::NotFound,
+            FAILURE_CODE,
+            format!("Requested path \"{destination}\" has been ignored."),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::*;
+    use serde_json::json;
+
+    fn policy() -> Box<dyn Policy> {
+        compile(
+            &KIND,
+            json!({"rules": [
+                {"verb": "*", "pathPattern": "/invoices/.+/items/.+"},
+                {"verb": "DELETE", "pathPattern": "/items/.*"}
+            ]}),
+        )
+    }
+
+    #[test]
+    fn a_matching_path_is_404_with_code_10007() {
+        let p = policy();
+        let mut f = Fixture::at("/invoices/12/items/34");
+        let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
+        assert_eq!(
+            (fail.failure_type, fail.code, fail.status()),
+            (FailureType::NotFound, 10007, 404)
+        );
+        assert_eq!(
+            fail.message,
+            "Requested path \"/invoices/12/items/34\" has been ignored."
+        );
+    }
+
+    #[test]
+    fn the_pattern_must_match_the_whole_path() {
+        let p = policy();
+        let mut f = Fixture::at("/invoices/12/items");
+        assert!(is_continue(
+            &f.on_request(p.as_ref(), &mut request("GET", &[]))
+        ));
+    }
+
+    #[test]
+    fn a_verb_specific_rule_ignores_other_verbs() {
+        let p = policy();
+        let mut f = Fixture::at("/items/1");
+        assert!(is_continue(
+            &f.on_request(p.as_ref(), &mut request("GET", &[]))
+        ));
+        assert!(matches!(
+            f.on_request(p.as_ref(), &mut request("delete", &[])),
+            Verdict::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn an_empty_resource_matches_as_slash() {
+        let p = compile(&KIND, json!({"rules": [{"verb": "*", "pathPattern": "/"}]}));
+        let mut f = Fixture::at("/");
+        assert!(matches!(
+            f.on_request(p.as_ref(), &mut request("GET", &[])),
+            Verdict::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn apiman_1_paths_to_ignore_still_work() {
+        let p = compile(&KIND, json!({"pathsToIgnore": ["/items/.+"]}));
+        let mut f = Fixture::at("/items/9");
+        assert!(matches!(
+            f.on_request(p.as_ref(), &mut request("PUT", &[])),
+            Verdict::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn an_invalid_regex_refuses_the_configuration() {
+        let errors = errors(
+            &KIND,
+            json!({"rules": [{"verb": "*", "pathPattern": "/a(b"}]}),
+        );
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "config.rules[0].pathPattern: \"/a(b\" is not a valid regular expression"
+            ),
+            "{}",
+            errors[0]
+        );
+    }
+}

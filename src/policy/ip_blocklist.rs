@@ -1,0 +1,120 @@
+//! IP Blocklist (Apiman's `IPBlacklistPolicy`): listed client addresses are refused. With an
+//! allowlist in the same chain, a blocklisted address fails whatever the allowlist says.
+
+use super::ip_list::{self, IpListConfig};
+use super::{Context, Phases, Policy, PolicyKind, Verdict};
+use crate::http::Request;
+
+pub const KIND: PolicyKind = PolicyKind {
+    id: "ip-blocklist",
+    apiman_names: &[
+        "IPBlacklistPolicy",
+        "IPBlocklistPolicy",
+        "ip-blacklist",
+        "ip-blacklist-policy",
+        "ip-blocklist-policy",
+    ],
+    build: |f, problems| {
+        ip_list::parse_config(f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
+    },
+};
+
+/// Apiman's failure code IP_BLACKLISTED.
+pub const FAILURE_CODE: u32 = 10002;
+
+pub struct IpBlocklist {
+    config: IpListConfig,
+}
+
+impl Policy for IpBlocklist {
+    fn id(&self) -> &'static str {
+        KIND.id
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {
+        let Some(address) = ip_list::client_address(&self.config, cx, request) else {
+            return Verdict::Continue;
+        };
+        match address.ip() {
+            Some(ip) if self.config.list.contains(ip) => Verdict::Fail(ip_list::failure(
+                &self.config,
+                FAILURE_CODE,
+                format!("Inbound IP address \"{address}\" has been black-listed."),
+            )),
+            _ => Verdict::Continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::*;
+    use crate::policy::FailureType;
+    use serde_json::json;
+
+    #[test]
+    fn an_unlisted_address_passes() {
+        let p = compile(&KIND, json!({"ipList": ["10.0.0.0/8"]}));
+        let mut f = Fixture::from("192.0.2.1:5555");
+        assert!(is_continue(
+            &f.on_request(p.as_ref(), &mut request("GET", &[]))
+        ));
+    }
+
+    #[test]
+    fn a_listed_address_fails_with_500_by_default() {
+        let p = compile(&KIND, json!({"ipList": ["10.0.0.0/8"]}));
+        let mut f = Fixture::from("10.0.0.1:5555");
+        let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
+        assert_eq!(fail.code, 10002);
+        assert_eq!(
+            (fail.failure_type, fail.status()),
+            (FailureType::Other, 500)
+        );
+        assert_eq!(
+            fail.message,
+            "Inbound IP address \"10.0.0.1\" has been black-listed."
+        );
+    }
+
+    #[test]
+    fn a_custom_response_code_is_the_status() {
+        let p = compile(&KIND, json!({"ipList": ["10.0.0.1"], "responseCode": 429}));
+        let mut f = Fixture::from("10.0.0.1:5555");
+        let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
+        assert_eq!(
+            (fail.failure_type, fail.status()),
+            (FailureType::Other, 429)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_in_a_listed_network_fails() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["2001:db8::/48"], "responseCode": 403}),
+        );
+        let mut f = Fixture::from("[2001:db8::42]:5555");
+        let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
+        assert_eq!(fail.status(), 403);
+    }
+
+    #[test]
+    fn the_forwarded_client_is_judged_not_the_proxy() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["198.51.100.7"], "httpHeader": "X-Forwarded-For"}),
+        );
+        let mut f = Fixture::from("10.0.0.2:1");
+        let mut req = request("GET", &[("x-forwarded-for", "198.51.100.7")]);
+        assert!(matches!(
+            f.on_request(p.as_ref(), &mut req),
+            Verdict::Fail(_)
+        ));
+    }
+}

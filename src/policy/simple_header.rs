@@ -1,0 +1,496 @@
+//! Simple Header (Apiman plugin `simple-header-policy`): add headers and strip headers, on the
+//! request, the response or both. On each side headers are added first, then stripped.
+//!
+//! Differences from Apiman, which has bugs here:
+//! - `stripType` and `applyTo` are honoured (Apiman puts every `Both` rule into the name *and*
+//!   value patterns of both sides);
+//! - `with: String` matches the pattern literally (Apiman always treats it as a regex; a pattern
+//!   that looks like one gets a warning at load);
+//! - an empty strip list strips nothing (Apiman strips every header with an empty value);
+//! - a `Header` value on the response side copies the request's header (Apiman fails with 500);
+//! - pseudo-headers (`:path`, `:authority`, ...) are never stripped.
+
+use regex::Regex;
+
+use super::{Context, Phases, Policy, PolicyKind, Verdict};
+use crate::config::json::{Fields, Problems};
+use crate::http::{HeaderMap, Request, Response};
+
+pub const KIND: PolicyKind = PolicyKind {
+    id: "simple-header",
+    apiman_names: &["simple-header-policy", "SimpleHeaderPolicy"],
+    build: |f, problems| build(f, problems).map(|p| Box::new(p) as _),
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+    Both,
+}
+
+impl Side {
+    fn covers(self, side: Side) -> bool {
+        self == Side::Both || self == side
+    }
+}
+
+const SIDES: &[&str] = &["Request", "Response", "Both"];
+
+fn side(i: usize) -> Side {
+    match i {
+        0 => Side::Request,
+        1 => Side::Response,
+        _ => Side::Both,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Fixed(String),
+    /// The value of this request header (empty if absent).
+    RequestHeader(String),
+}
+
+#[derive(Debug, Clone)]
+struct AddRule {
+    name: String,
+    value: Value,
+    side: Side,
+    overwrite: bool,
+}
+
+/// One side's strip rules, compiled.
+#[derive(Debug, Default)]
+struct Strip {
+    names: Matcher,
+    values: Matcher,
+}
+
+#[derive(Debug, Default)]
+struct Matcher {
+    literals: Vec<String>,
+    regex: Option<Regex>,
+}
+
+impl Matcher {
+    fn is_empty(&self) -> bool {
+        self.literals.is_empty() && self.regex.is_none()
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        self.literals.iter().any(|l| l.eq_ignore_ascii_case(text))
+            || self.regex.as_ref().is_some_and(|r| r.is_match(text))
+    }
+}
+
+pub struct SimpleHeader {
+    add: Vec<AddRule>,
+    strip_request: Strip,
+    strip_response: Strip,
+    /// Request headers copied into response headers: kept from the request phase.
+    response_copies: Vec<String>,
+}
+
+fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
+    let mut ok = true;
+    let mut add = Vec::new();
+    for (path, v) in f.array(&["addHeaders"], problems) {
+        let Some(mut a) = Fields::of(v, &path, problems) else {
+            ok = false;
+            continue;
+        };
+        let name = a.string(&["headerName"], problems).unwrap_or_default();
+        let name = name.trim().to_string();
+        if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
+            problems.error(
+                &a.field_path("headerName"),
+                format!("\"{name}\" is not a valid header name"),
+            );
+            ok = false;
+        }
+        let raw = a.string(&["headerValue"], problems).unwrap_or_default();
+        let value_type = a
+            .choice(
+                &["valueType"],
+                &["String", "Env", "System Properties", "Header"],
+                problems,
+            )
+            .unwrap_or(0);
+        let value = match value_type {
+            1 | 2 => {
+                // No JVM here: system properties are read from the environment too.
+                let resolved = std::env::var(raw.trim()).unwrap_or_default();
+                if resolved.is_empty() {
+                    problems.warning(
+                        &a.field_path("headerValue"),
+                        format!(
+                            "environment variable \"{raw}\" is not set; the header is added empty"
+                        ),
+                    );
+                }
+                Value::Fixed(resolved)
+            }
+            3 => Value::RequestHeader(raw.trim().to_string()),
+            _ => Value::Fixed(raw),
+        };
+        if let Value::Fixed(v) = &value {
+            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                problems.error(&a.field_path("headerValue"), "must not contain line breaks");
+                ok = false;
+            }
+        }
+        let side = match a.choice(&["applyTo"], SIDES, problems) {
+            Some(i) => Some(side(i)),
+            None => {
+                if !a.has("applyTo") {
+                    problems.warning(
+                        &a.field_path("applyTo"),
+                        "is missing, so this header is never added (as in Apiman); set Request, Response or Both",
+                    );
+                }
+                None
+            }
+        };
+        let overwrite = a.bool(&["overwrite"], problems).unwrap_or(false);
+        a.finish(problems);
+        if let Some(side) = side {
+            add.push(AddRule {
+                name,
+                value,
+                side,
+                overwrite,
+            });
+        }
+    }
+
+    // Per side and kind: literal names/values and regex alternatives.
+    let mut strip_patterns: [[(Vec<String>, Vec<String>); 2]; 2] = Default::default();
+    for (path, v) in f.array(&["stripHeaders"], problems) {
+        let Some(mut s) = Fields::of(v, &path, problems) else {
+            ok = false;
+            continue;
+        };
+        let by_value = s.choice(&["stripType"], &["Key", "Value"], problems) == Some(1);
+        let literal = s.choice(&["with"], &["String", "Regex"], problems) == Some(0);
+        let side = s
+            .choice(&["applyTo"], SIDES, problems)
+            .map_or(Side::Both, side);
+        let pattern = s.string(&["pattern"], problems).unwrap_or_default();
+        let pattern = pattern.trim().to_string();
+        if pattern.is_empty() {
+            problems.error(&s.field_path("pattern"), "is required");
+            ok = false;
+        } else if literal && pattern.contains(['*', '+', '?', '[', '(', '|', '^', '$', '\\']) {
+            problems.warning(
+                &s.field_path("pattern"),
+                format!("with is String, so \"{pattern}\" is matched literally; Apiman would have treated it as a regular expression (set with: Regex for that)"),
+            );
+        }
+        if !literal {
+            if let Err(e) = Regex::new(&pattern) {
+                problems.error(
+                    &s.field_path("pattern"),
+                    format!("\"{pattern}\" is not a valid regular expression ({e})"),
+                );
+                ok = false;
+                continue;
+            }
+        }
+        s.finish(problems);
+        for (i, target) in [Side::Request, Side::Response].into_iter().enumerate() {
+            if side.covers(target) {
+                let (literals, regexes) = &mut strip_patterns[i][usize::from(by_value)];
+                if literal {
+                    literals.push(pattern.clone());
+                } else {
+                    regexes.push(pattern.clone());
+                }
+            }
+        }
+    }
+    let compile = |(literals, regexes): &(Vec<String>, Vec<String>)| Matcher {
+        literals: literals.clone(),
+        regex: (!regexes.is_empty())
+            .then(|| {
+                let alternatives: Vec<String> =
+                    regexes.iter().map(|r| format!("(?:{r})")).collect();
+                // Apiman: case-insensitive, whole name or value.
+                Regex::new(&format!("(?i)^(?:{})$", alternatives.join("|"))).ok()
+            })
+            .flatten(),
+    };
+    let [request, response] = &strip_patterns;
+    let response_copies = add
+        .iter()
+        .filter(|a| a.side.covers(Side::Response))
+        .filter_map(|a| match &a.value {
+            Value::RequestHeader(h) => Some(h.clone()),
+            Value::Fixed(_) => None,
+        })
+        .collect();
+    ok.then(|| SimpleHeader {
+        add,
+        strip_request: Strip {
+            names: compile(&request[0]),
+            values: compile(&request[1]),
+        },
+        strip_response: Strip {
+            names: compile(&response[0]),
+            values: compile(&response[1]),
+        },
+        response_copies,
+    })
+}
+
+/// Request header values kept for response-side `Header` values.
+struct Copied(Vec<(String, String)>);
+
+impl SimpleHeader {
+    /// Adds then strips on one side. `Header` values come from `copied` on the response side
+    /// and from the request being modified on the request side.
+    fn apply(&self, headers: &mut HeaderMap, side: Side, copied: Option<&[(String, String)]>) {
+        for rule in self.add.iter().filter(|r| r.side.covers(side)) {
+            if !rule.overwrite && headers.contains(&rule.name) {
+                continue;
+            }
+            let value = match (&rule.value, copied) {
+                (Value::Fixed(v), _) => v.clone(),
+                (Value::RequestHeader(h), Some(copied)) => copied
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(h))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+                (Value::RequestHeader(h), None) => headers.get(h).unwrap_or_default().to_string(),
+            };
+            headers.set(&rule.name, &value);
+        }
+        let strip = match side {
+            Side::Response => &self.strip_response,
+            _ => &self.strip_request,
+        };
+        if strip.names.is_empty() && strip.values.is_empty() {
+            return;
+        }
+        headers.remove_where(|name, value| {
+            !name.starts_with(':') && (strip.names.matches(name) || strip.values.matches(value))
+        });
+    }
+}
+
+impl Policy for SimpleHeader {
+    fn id(&self) -> &'static str {
+        KIND.id
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST.union(Phases::RESPONSE)
+    }
+
+    fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {
+        if !self.response_copies.is_empty() {
+            let copied = self
+                .response_copies
+                .iter()
+                .filter_map(|h| request.headers.get(h).map(|v| (h.clone(), v.to_string())))
+                .collect();
+            cx.set_slot(Copied(copied));
+        }
+        self.apply(&mut request.headers, Side::Request, None);
+        Verdict::Continue
+    }
+
+    fn on_response(&self, cx: &mut Context, response: &mut Response) -> Verdict {
+        let copied = cx.slot::<Copied>().map(|c| c.0.as_slice()).unwrap_or(&[]);
+        self.apply(&mut response.headers, Side::Response, Some(copied));
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::{errors, request, response, Fixture};
+    use serde_json::json;
+
+    fn policy(config: serde_json::Value) -> Box<dyn Policy> {
+        crate::policy::testing::compile(&KIND, config)
+    }
+
+    #[test]
+    fn adds_a_request_header() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Gw", "headerValue": "tollgate", "valueType": "String", "applyTo": "Request"}]}),
+        );
+        let mut req = request("GET", &[]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-gw"), Some("tollgate"));
+    }
+
+    #[test]
+    fn without_overwrite_an_existing_header_is_kept() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Gw", "headerValue": "new", "applyTo": "Both"}]}),
+        );
+        let mut req = request("GET", &[("x-gw", "old")]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-gw"), Some("old"));
+    }
+
+    #[test]
+    fn with_overwrite_every_value_is_replaced() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Gw", "headerValue": "new", "applyTo": "Both", "overwrite": true}]}),
+        );
+        let mut req = request("GET", &[("x-gw", "a"), ("x-gw", "b")]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get_all("x-gw").collect::<Vec<_>>(), vec!["new"]);
+    }
+
+    #[test]
+    fn request_rules_leave_the_response_alone() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Gw", "headerValue": "v", "applyTo": "Request"}]}),
+        );
+        let mut resp = response(200, &[]);
+        Fixture::new().on_response(p.as_ref(), &mut resp);
+        assert!(resp.headers.is_empty());
+    }
+
+    #[test]
+    fn adds_a_response_header() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Served-By", "headerValue": "gw", "applyTo": "Response"}]}),
+        );
+        let mut resp = response(200, &[]);
+        Fixture::new().on_response(p.as_ref(), &mut resp);
+        assert_eq!(resp.headers.get("x-served-by"), Some("gw"));
+    }
+
+    #[test]
+    fn a_header_value_copies_the_request_header_on_both_sides() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Echo-Agent", "headerValue": "User-Agent", "valueType": "Header", "applyTo": "Both"}]}),
+        );
+        let mut f = Fixture::new();
+        let mut req = request("GET", &[("user-agent", "curl/8")]);
+        f.on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-echo-agent"), Some("curl/8"));
+        let mut resp = response(200, &[]);
+        f.on_response(p.as_ref(), &mut resp);
+        assert_eq!(resp.headers.get("x-echo-agent"), Some("curl/8"));
+    }
+
+    #[test]
+    fn an_env_value_is_read_from_the_environment() {
+        std::env::set_var("TOLLGATE_TEST_REGION", "eu-1");
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-Region", "headerValue": "TOLLGATE_TEST_REGION", "valueType": "Env", "applyTo": "Request"}]}),
+        );
+        let mut req = request("GET", &[]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-region"), Some("eu-1"));
+    }
+
+    #[test]
+    fn strips_by_name_regex_case_insensitively() {
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "x-internal-.*", "applyTo": "Request"}]}),
+        );
+        let mut req = request("GET", &[("X-Internal-Id", "1"), ("x-keep", "2")]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-internal-id"), None);
+        assert_eq!(req.headers.get("x-keep"), Some("2"));
+    }
+
+    #[test]
+    fn strips_by_value() {
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Value", "with": "Regex", "pattern": "secret.*", "applyTo": "Response"}]}),
+        );
+        let mut resp = response(200, &[("x-a", "Secret-1"), ("x-b", "public")]);
+        Fixture::new().on_response(p.as_ref(), &mut resp);
+        assert_eq!(resp.headers.get("x-a"), None);
+        assert_eq!(resp.headers.get("x-b"), Some("public"));
+    }
+
+    #[test]
+    fn a_name_rule_does_not_strip_by_value() {
+        // Apiman's precedence bug would strip x-b here (its value matches a Both name rule).
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "server", "applyTo": "Both"}]}),
+        );
+        let mut resp = response(200, &[("server", "nginx"), ("x-b", "server")]);
+        Fixture::new().on_response(p.as_ref(), &mut resp);
+        assert_eq!(resp.headers.get("server"), None);
+        assert_eq!(resp.headers.get("x-b"), Some("server"));
+    }
+
+    #[test]
+    fn string_patterns_match_literally() {
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Key", "with": "String", "pattern": "X-Powered-By"}]}),
+        );
+        let mut resp = response(200, &[("x-powered-by", "php"), ("x-powered-byte", "1")]);
+        Fixture::new().on_response(p.as_ref(), &mut resp);
+        assert_eq!(resp.headers.get("x-powered-by"), None);
+        assert_eq!(resp.headers.get("x-powered-byte"), Some("1"));
+    }
+
+    #[test]
+    fn headers_with_empty_values_survive_an_empty_strip_list() {
+        let p = policy(json!({"addHeaders": [], "stripHeaders": []}));
+        let mut req = request("GET", &[("x-empty", "")]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-empty"), Some(""));
+    }
+
+    #[test]
+    fn added_headers_can_be_stripped_in_the_same_pass() {
+        let p = policy(json!({
+            "addHeaders": [{"headerName": "X-Tmp", "headerValue": "1", "applyTo": "Request"}],
+            "stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "x-tmp", "applyTo": "Request"}]}));
+        let mut req = request("GET", &[]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get("x-tmp"), None);
+    }
+
+    #[test]
+    fn pseudo_headers_are_never_stripped() {
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": ".*", "applyTo": "Request"}]}),
+        );
+        let mut req = request("GET", &[(":path", "/"), ("x-a", "1")]);
+        Fixture::new().on_request(p.as_ref(), &mut req);
+        assert_eq!(req.headers.get(":path"), Some("/"));
+        assert_eq!(req.headers.get("x-a"), None);
+    }
+
+    #[test]
+    fn an_invalid_strip_regex_is_refused() {
+        let e = errors(
+            &KIND,
+            json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "(x"}]}),
+        );
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(
+                "config.stripHeaders[0].pattern: \"(x\" is not a valid regular expression"
+            ),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn an_invalid_header_name_is_refused() {
+        let e = errors(
+            &KIND,
+            json!({"addHeaders": [{"headerName": "Bad Name", "headerValue": "v", "applyTo": "Request"}]}),
+        );
+        assert_eq!(
+            e,
+            vec!["config.addHeaders[0].headerName: \"Bad Name\" is not a valid header name"]
+        );
+    }
+}
