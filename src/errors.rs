@@ -1,7 +1,7 @@
 //! Apiman's error contract: gateway errors (`X-Gateway-Error`) and policy failures
 //! (`X-Policy-Failure-*`), as JSON, or XML for APIs whose `endpointContentType` is `xml`.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::http::LocalReply;
 use crate::policy::PolicyFailure;
@@ -67,7 +67,11 @@ pub fn gateway_error_reply(status: u16, message: &str, xml: bool) -> LocalReply 
     } else {
         (
             "application/json",
-            json!({"responseCode": status, "message": message}).to_string(),
+            // Field order as Apiman writes it.
+            format!(
+                "{{\"responseCode\":{status},\"message\":{}}}",
+                json_string(&message)
+            ),
         )
     };
     LocalReply {
@@ -121,25 +125,29 @@ pub fn policy_failure_reply(failure: &PolicyFailure, xml: bool) -> LocalReply {
         )
     } else {
         headers.push(("content-type".to_string(), "application/json".to_string()));
-        let failure_headers: Map<String, Value> = failure
+        let failure_headers: Vec<String> = failure
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
             .collect();
-        json!({
-            "type": failure.failure_type.as_str(),
-            "failureCode": failure.code,
-            "responseCode": status,
-            "message": failure.message,
-            "headers": failure_headers,
-        })
-        .to_string()
+        // Field order as Apiman writes it (declaration order of its PolicyFailure bean).
+        format!(
+            "{{\"type\":\"{}\",\"failureCode\":{},\"responseCode\":{status},\"message\":{},\"headers\":{{{}}}}}",
+            failure.failure_type.as_str(),
+            failure.code,
+            json_string(&failure.message),
+            failure_headers.join(",")
+        )
     };
     LocalReply {
         status,
         headers,
         body: body.into_bytes(),
     }
+}
+
+fn json_string(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
 }
 
 /// Header values may not carry control characters; messages can quote request data.
@@ -173,6 +181,7 @@ fn xml_escape(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::policy::FailureType;
+    use serde_json::json;
 
     fn body(reply: &LocalReply) -> Value {
         serde_json::from_slice(&reply.body).unwrap()
@@ -187,6 +196,18 @@ mod tests {
         assert_eq!(
             body(&r),
             json!({"responseCode": 404, "message": "API not found."})
+        );
+    }
+
+    #[test]
+    fn bodies_keep_apimans_field_order() {
+        let r = GatewayError::ApiNotFound.reply(false);
+        assert!(String::from_utf8_lossy(&r.body).starts_with("{\"responseCode\":404,"));
+        let f = PolicyFailure::new(FailureType::Other, 1, "m");
+        let r = policy_failure_reply(&f, false);
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "{\"type\":\"Other\",\"failureCode\":1,\"responseCode\":500,\"message\":\"m\",\"headers\":{}}"
         );
     }
 

@@ -456,3 +456,416 @@ fn merge_vary(response: &mut Response, token: &str) {
     tokens.push(token.to_string());
     response.headers.set("vary", &tokens.join(", "));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::MemoryHost;
+    use crate::http::HeaderMap;
+    use serde_json::{json, Value};
+
+    fn registry(config: Value) -> Rc<Registry> {
+        match crate::load(config.to_string().as_bytes()) {
+            Ok(loaded) => Rc::new(loaded.registry),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn block(ip: &str) -> Value {
+        json!({"policy": "ip-blocklist", "config": {"ipList": [ip], "responseCode": 403}})
+    }
+
+    fn config() -> Value {
+        json!({
+            "apis": [
+                {"organizationId": "Org", "apiId": "echo", "version": "1.0", "publicAPI": true,
+                 "endpoint": "http://backend.local:8080/svc/", "cluster": "echo_cluster"},
+                {"organizationId": "Org", "apiId": "private", "version": "2.0",
+                 "endpoint": "https://secure.local/base", "cluster": "secure",
+                 "apiPolicies": [{"policy": "cors", "config": {"allowOrigin": ["https://app.test"], "allowMethods": ["GET"]}}]},
+                {"organizationId": "Org", "apiId": "keep", "version": "1", "endpoint": "http://k.local",
+                 "disableKeysStrip": true},
+                {"organizationId": "Org", "apiId": "xml", "version": "1", "endpoint": "http://x.local",
+                 "endpointContentType": "xml"}
+            ],
+            "clients": [
+                {"organizationId": "Org", "clientId": "app", "version": "1.0", "apiKey": "key-12345678",
+                 "contracts": [
+                    {"apiOrgId": "Org", "apiId": "private", "apiVersion": "2.0", "plan": "Gold"},
+                    {"apiOrgId": "Org", "apiId": "keep", "apiVersion": "1", "policies": []},
+                    {"apiOrgId": "Org", "apiId": "xml", "apiVersion": "1", "policies": [block("10.0.0.0/8")]}
+                 ]},
+                {"organizationId": "Org", "clientId": "other", "version": "1.0", "apiKey": "other-key",
+                 "contracts": []}
+            ],
+            "plans": [{"planId": "Gold", "policies": [block("192.0.2.66")]}]
+        })
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut pairs = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "gw.local".to_string()),
+        ];
+        pairs.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Request {
+            method: method.to_string(),
+            headers: HeaderMap::from_pairs(pairs),
+        }
+    }
+
+    fn run(config: Value, req: &mut Request, from: &str) -> (Exchange, Step) {
+        let mut ex = Exchange::new(registry(config));
+        let step = ex.on_request_headers(req, &mut MemoryHost::with_downstream(from));
+        (ex, step)
+    }
+
+    fn reply(step: Step) -> LocalReply {
+        match step {
+            Step::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn body(r: &LocalReply) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn api_paths_parse_with_and_without_version_headers() {
+        let p = parse_api_path("/o/a/1.0/x/y", None, None).unwrap();
+        assert_eq!(
+            (p.org, p.api, p.version, p.resource),
+            ("o", "a", "1.0", "/x/y")
+        );
+        let p = parse_api_path("/o/a/x", Some("2.0"), None).unwrap();
+        assert_eq!((p.version, p.resource), ("2.0", "/x"));
+        let p = parse_api_path("/o/a", None, Some("application/apiman.3.1+json")).unwrap();
+        assert_eq!((p.version, p.resource), ("3.1", ""));
+        assert_eq!(parse_api_path("/o/a/1/", None, None).unwrap().resource, "/");
+        assert!(parse_api_path("/o/a", None, None).is_none());
+        assert!(parse_api_path("/", None, None).is_none());
+    }
+
+    #[test]
+    fn upstream_paths_join_with_one_slash() {
+        assert_eq!(upstream_path("/svc/", "/a"), "/svc/a");
+        assert_eq!(upstream_path("/svc", "/a"), "/svc/a");
+        assert_eq!(upstream_path("/svc/", ""), "/svc/");
+        assert_eq!(upstream_path("", ""), "/");
+        assert_eq!(upstream_path("", "/a/"), "/a/");
+    }
+
+    #[test]
+    fn an_unknown_api_is_404_api_not_found() {
+        let (_, step) = run(
+            config(),
+            &mut request("GET", "/Org/nope/1.0/x", &[]),
+            "1.2.3.4:1",
+        );
+        let r = reply(step);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("x-gateway-error"), Some("API not found."));
+        assert_eq!(
+            body(&r),
+            json!({"responseCode": 404, "message": "API not found."})
+        );
+    }
+
+    #[test]
+    fn a_short_path_is_404_api_not_found() {
+        let (_, step) = run(
+            config(),
+            &mut request("GET", "/favicon.ico", &[]),
+            "1.2.3.4:1",
+        );
+        assert_eq!(reply(step).status, 404);
+    }
+
+    #[test]
+    fn a_private_api_without_key_is_403_api_not_public() {
+        let (_, step) = run(
+            config(),
+            &mut request("GET", "/Org/private/2.0/x", &[]),
+            "1.2.3.4:1",
+        );
+        let r = reply(step);
+        assert_eq!(
+            (r.status, r.header("x-gateway-error")),
+            (403, Some("API not public."))
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_404_and_the_key_is_masked() {
+        let (_, step) = run(
+            config(),
+            &mut request(
+                "GET",
+                "/Org/private/2.0/x",
+                &[("x-api-key", "wrong-key-abcdef")],
+            ),
+            "1.2.3.4:1",
+        );
+        let r = reply(step);
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.header("x-gateway-error"),
+            Some("No client found for API Key wron****")
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains("wrong-key-abcdef"));
+    }
+
+    #[test]
+    fn a_key_without_a_contract_is_404_no_contract() {
+        let (_, step) = run(
+            config(),
+            &mut request("GET", "/Org/private/2.0/x", &[("x-api-key", "other-key")]),
+            "1.2.3.4:1",
+        );
+        let r = reply(step);
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.header("x-gateway-error"),
+            Some("No contract found between Client other and API private.")
+        );
+    }
+
+    #[test]
+    fn a_public_api_routes_to_its_endpoint_and_cluster() {
+        let mut req = request("GET", "/Org/echo/1.0/a/b?q=1", &[]);
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get(":path"), Some("/svc/a/b?q=1"));
+        assert_eq!(req.headers.get(":authority"), Some("backend.local:8080"));
+        assert_eq!(req.headers.get("x-tollgate-cluster"), Some("echo_cluster"));
+    }
+
+    #[test]
+    fn a_client_supplied_cluster_header_is_overwritten() {
+        let mut req = request("GET", "/Org/echo/1.0/", &[("x-tollgate-cluster", "admin")]);
+        run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(
+            req.headers
+                .get_all("x-tollgate-cluster")
+                .collect::<Vec<_>>(),
+            vec!["echo_cluster"]
+        );
+    }
+
+    #[test]
+    fn the_key_header_and_query_parameter_are_stripped() {
+        let mut req = request(
+            "GET",
+            "/Org/private/2.0/x?a=1&apikey=key-12345678&b=2",
+            &[("x-api-key", "key-12345678")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get("x-api-key"), None);
+        assert_eq!(req.headers.get(":path"), Some("/base/x?a=1&b=2"));
+    }
+
+    #[test]
+    fn the_key_may_come_from_the_query_alone() {
+        let mut req = request("GET", "/Org/private/2.0/x?apikey=key-12345678", &[]);
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get(":path"), Some("/base/x"));
+    }
+
+    #[test]
+    fn the_header_key_wins_over_the_query_key() {
+        let mut req = request(
+            "GET",
+            "/Org/private/2.0/x?apikey=wrong",
+            &[("x-api-key", "key-12345678")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+    }
+
+    #[test]
+    fn a_blank_key_header_falls_back_to_the_query() {
+        let mut req = request(
+            "GET",
+            "/Org/private/2.0/x?apikey=key-12345678",
+            &[("x-api-key", " ")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+    }
+
+    #[test]
+    fn keys_are_kept_when_the_api_disables_stripping() {
+        let mut req = request(
+            "GET",
+            "/Org/keep/1/x?apikey=key-12345678",
+            &[("x-api-key", "key-12345678")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get("x-api-key"), Some("key-12345678"));
+        assert_eq!(req.headers.get(":path"), Some("/x?apikey=key-12345678"));
+    }
+
+    #[test]
+    fn a_tollgate_plan_policy_runs_for_the_contract() {
+        let mut req = request(
+            "GET",
+            "/Org/private/2.0/x",
+            &[("x-api-key", "key-12345678")],
+        );
+        let (_, step) = run(config(), &mut req, "192.0.2.66:1");
+        let r = reply(step);
+        assert_eq!(r.status, 403);
+        assert_eq!(r.header("x-policy-failure-code"), Some("10002"));
+    }
+
+    #[test]
+    fn the_version_may_come_from_x_api_version_which_is_not_forwarded() {
+        let mut req = request("GET", "/Org/echo/a", &[("x-api-version", "1.0")]);
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get(":path"), Some("/svc/a"));
+        assert_eq!(req.headers.get("x-api-version"), None);
+    }
+
+    #[test]
+    fn the_version_may_come_from_an_apiman_accept_header() {
+        let mut req = request(
+            "GET",
+            "/Org/echo/a",
+            &[("accept", "application/apiman.1.0+json")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(req.headers.get("accept"), Some("application/json"));
+    }
+
+    #[test]
+    fn xml_apis_answer_failures_in_xml() {
+        let mut req = request("GET", "/Org/xml/1/x", &[("x-api-key", "key-12345678")]);
+        let (_, step) = run(config(), &mut req, "10.1.1.1:1");
+        let r = reply(step);
+        assert_eq!(r.header("content-type"), Some("application/xml"));
+        assert!(String::from_utf8_lossy(&r.body).starts_with("<?xml"));
+    }
+
+    #[test]
+    fn a_keyless_preflight_to_a_private_api_is_answered_by_its_cors_policy() {
+        let mut req = request(
+            "OPTIONS",
+            "/Org/private/2.0/x",
+            &[
+                ("origin", "https://app.test"),
+                ("access-control-request-method", "GET"),
+            ],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        let r = reply(step);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://app.test")
+        );
+    }
+
+    #[test]
+    fn a_keyless_non_preflight_options_to_a_private_api_is_still_403() {
+        let mut req = request(
+            "OPTIONS",
+            "/Org/private/2.0/x",
+            &[("origin", "https://app.test")],
+        );
+        let (_, step) = run(config(), &mut req, "1.2.3.4:1");
+        assert_eq!(reply(step).status, 403);
+    }
+
+    #[test]
+    fn cors_headers_decorate_later_policy_failures() {
+        let mut c = config();
+        c["apis"][0]["apiPolicies"] = json!([
+            {"policy": "cors", "config": {"allowOrigin": ["*"]}},
+            block("9.9.9.9")
+        ]);
+        let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
+        let (_, step) = run(c, &mut req, "9.9.9.9:1");
+        let r = reply(step);
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://a.test")
+        );
+        assert_eq!(r.header("vary"), Some("Origin"));
+    }
+
+    #[test]
+    fn response_policies_run_in_reverse_order() {
+        let mut c = config();
+        let add = |v: &str| {
+            json!({"policy": "simple-header", "config": {"addHeaders": [
+            {"headerName": "X-Order", "headerValue": v, "applyTo": "Response", "overwrite": true}]}})
+        };
+        c["apis"][0]["apiPolicies"] = json!([add("first"), add("last")]);
+        let mut req = request("GET", "/Org/echo/1.0/x", &[]);
+        let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
+        assert!(ex.needs_response_headers());
+        let mut resp = Response {
+            status: 200,
+            headers: HeaderMap::from_pairs(vec![(":status".into(), "200".into())]),
+        };
+        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        // The API's first policy runs last on the response, so its value wins.
+        assert_eq!(resp.headers.get("x-order"), Some("first"));
+    }
+
+    #[test]
+    fn a_chain_without_response_work_skips_the_response_phase() {
+        let mut req = request("GET", "/Org/echo/1.0/x", &[]);
+        let (ex, _) = run(config(), &mut req, "1.2.3.4:1");
+        assert!(!ex.needs_response_headers());
+        assert!(!ex.needs_request_body());
+    }
+
+    #[test]
+    fn vary_from_cors_merges_with_the_backends() {
+        let mut c = config();
+        c["apis"][0]["apiPolicies"] = json!([{"policy": "cors", "config": {"allowOrigin": ["*"]}}]);
+        let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
+        let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
+        let mut resp = Response {
+            status: 200,
+            headers: HeaderMap::from_pairs(vec![("vary".into(), "Accept-Encoding".into())]),
+        };
+        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        assert_eq!(resp.headers.get("vary"), Some("Accept-Encoding, Origin"));
+        assert_eq!(
+            resp.headers.get("access-control-allow-origin"),
+            Some("https://a.test")
+        );
+    }
+
+    #[test]
+    fn no_host_call_is_made_for_a_request_that_needs_none() {
+        let mut ex = Exchange::new(registry(config()));
+        let mut host = MemoryHost::default();
+        ex.on_request_headers(&mut request("GET", "/Org/echo/1.0/x", &[]), &mut host);
+        assert_eq!(host.calls, crate::host::HostCalls::default());
+    }
+
+    #[test]
+    fn upstream_basic_credentials_are_sent_to_the_backend() {
+        let mut c = config();
+        c["apis"][0]["endpointProperties"] = json!({"authorization.type": "basic",
+            "basic-auth.username": "u", "basic-auth.password": "p"});
+        let mut req = request(
+            "GET",
+            "/Org/echo/1.0/x",
+            &[("authorization", "Bearer client")],
+        );
+        run(c, &mut req, "1.2.3.4:1");
+        assert_eq!(req.headers.get("authorization"), Some("Basic dTpw"));
+    }
+}

@@ -292,13 +292,9 @@ impl Registry {
                 contracts,
             });
             if let Some(digest) = digest {
-                let field = match client.key {
-                    ClientKey::Sha256(_) => "apiKeyHash",
-                    _ => "apiKey",
-                };
                 if let Some(first) = key_owner.get(&digest) {
                     problems.error(
-                        &format!("{}.{field}", client.path),
+                        &client.key_path,
                         format!("duplicate API key (also used by {first})"),
                     );
                 } else {

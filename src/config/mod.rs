@@ -129,6 +129,8 @@ pub struct ClientConfig {
     pub client_id: String,
     pub version: String,
     pub key: ClientKey,
+    /// Where the key was configured, for messages (`clients[0].apiKey`).
+    pub key_path: String,
     pub policies: Vec<PolicyConfig>,
     pub contracts: Vec<ContractConfig>,
 }
@@ -149,6 +151,8 @@ pub struct ContractConfig {
     pub api_version: String,
     pub plan: Option<String>,
     pub policies: Vec<PolicyConfig>,
+    /// Apiman 1.x kept the API key on each contract rather than on the client.
+    pub api_key: Option<String>,
 }
 
 /// A tollgate plan: policies shared by every contract that names it.
@@ -225,7 +229,7 @@ pub fn parse_value(value: &Value, problems: &mut Problems) -> GatewayConfig {
     }
     for (path, v) in top.array(&["clients"], problems) {
         if let Some(client) = parse_client(v, &path, problems) {
-            config.clients.push(client);
+            config.clients.extend(split_by_contract_keys(client));
         }
     }
     for (path, v) in top.array(&["plans"], problems) {
@@ -416,10 +420,7 @@ fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<Client
                 ClientKey::Missing
             }
         },
-        (None, None) => {
-            problems.error(path, "a client needs an apiKey or an apiKeyHash");
-            ClientKey::Missing
-        }
+        (None, None) => ClientKey::Missing,
     };
     let policies = parse_policies(&mut f, &["policies"], problems);
     let mut contracts = Vec::new();
@@ -428,7 +429,19 @@ fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<Client
             contracts.push(c);
         }
     }
+    if key == ClientKey::Missing
+        && !f.has("apiKey")
+        && !f.has("apiKeyHash")
+        && (contracts.is_empty() || contracts.iter().any(|c| c.api_key.is_none()))
+    {
+        problems.error(path, "a client needs an apiKey or an apiKeyHash");
+    }
     f.ignore(&["tenantId", "permissions"]);
+    let key_path = f.field_path(if f.has("apiKeyHash") {
+        "apiKeyHash"
+    } else {
+        "apiKey"
+    });
     f.finish(problems);
     Some(ClientConfig {
         path: path.to_string(),
@@ -436,9 +449,39 @@ fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<Client
         client_id,
         version,
         key,
+        key_path,
         policies,
         contracts,
     })
+}
+
+/// An Apiman 1.x client keeps a key per contract: each distinct key becomes a client of its
+/// own, holding the contracts made with that key.
+fn split_by_contract_keys(mut client: ClientConfig) -> Vec<ClientConfig> {
+    if client.contracts.iter().all(|c| c.api_key.is_none()) {
+        return vec![client];
+    }
+    let contracts = std::mem::take(&mut client.contracts);
+    let mut out: Vec<ClientConfig> = Vec::new();
+    for contract in contracts {
+        let (key, key_path) = match &contract.api_key {
+            Some(k) => (
+                ClientKey::Clear(k.clone()),
+                format!("{}.apiKey", contract.path),
+            ),
+            None => (client.key.clone(), client.key_path.clone()),
+        };
+        match out.iter_mut().find(|c| c.key == key) {
+            Some(existing) => existing.contracts.push(contract),
+            None => out.push(ClientConfig {
+                key,
+                key_path,
+                contracts: vec![contract],
+                ..client.clone()
+            }),
+        }
+    }
+    out
 }
 
 fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
@@ -462,6 +505,7 @@ fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<Cont
         .string(&["plan"], problems)
         .filter(|p| !p.trim().is_empty());
     let policies = parse_policies(&mut f, &["policies"], problems);
+    let api_key = f.string(&["apiKey"], problems).filter(|k| !k.is_empty());
     f.finish(problems);
     Some(ContractConfig {
         path: path.to_string(),
@@ -470,6 +514,7 @@ fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<Cont
         api_version,
         plan,
         policies,
+        api_key,
     })
 }
 
@@ -570,6 +615,33 @@ mod tests {
         assert_eq!(c.gateway.api_key_query_param, "key");
         assert_eq!(c.gateway.trusted_proxies.networks.len(), 2);
         assert_eq!(c.gateway.trusted_proxies.hops, 1);
+    }
+
+    #[test]
+    fn apiman_1_contract_keys_become_clients_of_their_own() {
+        let mut p = Problems::default();
+        let c = parse_value(
+            &json!({"clients": [{"organizationId": "o", "clientId": "c", "version": "1",
+                "contracts": [
+                    {"apiKey": "k1", "apiOrgId": "o", "apiId": "a", "apiVersion": "1"},
+                    {"apiKey": "k2", "apiOrgId": "o", "apiId": "b", "apiVersion": "1"}]}]}),
+            &mut p,
+        );
+        assert!(p.is_ok(), "{:?}", p.errors);
+        assert_eq!(c.clients.len(), 2);
+        assert_eq!(c.clients[1].key, ClientKey::Clear("k2".into()));
+        assert_eq!(c.clients[1].key_path, "clients[0].contracts[1].apiKey");
+    }
+
+    #[test]
+    fn a_client_without_any_key_is_refused() {
+        let errors = errors_of(
+            json!({"clients": [{"organizationId": "o", "clientId": "c", "version": "1"}]}),
+        );
+        assert_eq!(
+            errors,
+            vec!["clients[0]: a client needs an apiKey or an apiKeyHash"]
+        );
     }
 
     #[test]

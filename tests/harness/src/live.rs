@@ -1,0 +1,456 @@
+//! Real processes for end-to-end tests: Envoy 1.40 with the real `tollgate.wasm`, and the echo
+//! backend (`scripts/backend.py`). Everything binds 127.0.0.1 on ports the OS picks, waits for
+//! readiness with a deadline, and is killed when dropped.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::http_client::{self, HttpResponse};
+
+/// The repository root (this crate lives in `tests/harness`).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+/// Envoy: `$TOLLGATE_ENVOY`, else the project's `.venv/bin/envoy` (installed by scripts/lib.sh).
+pub fn envoy_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("TOLLGATE_ENVOY") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = repo_root().join(".venv/bin/envoy");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "Envoy not found at {} (run scripts/test, which installs it, or set TOLLGATE_ENVOY)",
+            p.display()
+        ))
+    }
+}
+
+/// The filter: `$TOLLGATE_WASM`, else the release build.
+pub fn wasm_path() -> Result<PathBuf, String> {
+    let p = std::env::var("TOLLGATE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/tollgate.wasm"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found (cargo build --release --target wasm32-wasip1 -p tollgate)",
+            p.display()
+        ))
+    }
+}
+
+/// True when the end-to-end prerequisites exist; tests skip with a message otherwise, and
+/// `scripts/test` sets `TOLLGATE_E2E=1` so that a missing prerequisite fails instead.
+pub fn e2e_available() -> bool {
+    let ok = envoy_binary().is_ok() && wasm_path().is_ok();
+    if !ok && std::env::var("TOLLGATE_E2E").is_ok_and(|v| v == "1") {
+        // Required but missing: make the test fail loudly.
+        return true;
+    }
+    if !ok {
+        eprintln!(
+            "skipping end-to-end test: Envoy or tollgate.wasm missing (scripts/test builds both)"
+        );
+    }
+    ok
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(label: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A child process killed on drop, and by a watchdog when this process ends without dropping
+/// it (test fixtures shared through a `static` are never dropped).
+pub struct Process {
+    child: Child,
+    pub name: String,
+}
+
+impl Process {
+    pub fn new(child: Child, name: &str) -> Process {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 0.3; done; kill \"$2\" 2>/dev/null")
+            .args(["watchdog", &std::process::id().to_string(), &child.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        Process {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo backend.
+pub struct Backend {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Backend {
+    /// Starts `scripts/backend.py` with `args` (plus `--port 0`) and waits until it listens.
+    pub fn start(name: &str, args: &[&str]) -> Result<Backend, String> {
+        let script = repo_root().join("scripts/backend.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--port", "0", "--name", name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", script.display()))?;
+        let stdout = child.stdout.take().ok_or("backend has no stdout")?;
+        let process = Process::new(child, name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("backend {name} did not start within 10 s"))?;
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("backend {name} said {line:?}"))?;
+        Ok(Backend { port, process })
+    }
+
+    pub fn echo(name: &str) -> Result<Backend, String> {
+        Backend::start(name, &[])
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    /// `127.0.0.1:<port>` of the admin interface.
+    pub admin: String,
+    /// Listener ports, in the order of the configuration.
+    pub ports: Vec<u16>,
+    pub dir: PathBuf,
+    pub process: Process,
+}
+
+/// How long Envoy may take to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Envoy {
+    /// Starts Envoy with `yaml` (written to a scratch directory) and waits until it is ready.
+    /// Listener and admin ports may be 0; the ports Envoy bound are read back from the admin.
+    pub fn start(yaml: &str, concurrency: u32) -> Result<Envoy, String> {
+        let dir = scratch_dir("envoy")?;
+        let config = dir.join("envoy.yaml");
+        fs::write(&config, yaml).map_err(|e| e.to_string())?;
+        let admin_file = dir.join("admin.txt");
+        let log = fs::File::create(dir.join("envoy.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["-l", "warn", "--component-log-level", "wasm:info"])
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting Envoy: {e}"))?;
+        let mut process = Process::new(child, "envoy");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let admin = loop {
+            if let Ok(text) = fs::read_to_string(&admin_file) {
+                if !text.trim().is_empty() {
+                    break text.trim().to_string();
+                }
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                return Err(format!(
+                    "Envoy exited ({status}) before it was ready:\n{}",
+                    tail(&dir.join("envoy.log"), 40)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "Envoy not ready within {START_TIMEOUT:?}:\n{}",
+                    tail(&dir.join("envoy.log"), 40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let envoy_ready = loop {
+            match http_client::send(&admin, "GET", "/ready", &[], b"", Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => break true,
+                _ if Instant::now() > deadline => break false,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        if !envoy_ready {
+            return Err(format!(
+                "Envoy admin never reported ready:\n{}",
+                tail(&dir.join("envoy.log"), 40)
+            ));
+        }
+        let listeners = http_client::send(
+            &admin,
+            "GET",
+            "/listeners?format=json",
+            &[],
+            b"",
+            Duration::from_secs(2),
+        )?;
+        let ports = listener_ports(&listeners.json());
+        Ok(Envoy {
+            admin,
+            ports,
+            dir,
+            process,
+        })
+    }
+
+    /// `127.0.0.1:<port>` of the first listener.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.first().copied().unwrap_or(0))
+    }
+
+    /// Sends a request to the first listener.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse, String> {
+        http_client::send(
+            &self.addr(),
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(10),
+        )
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, String> {
+        self.request("GET", path, headers, b"")
+    }
+
+    /// Envoy's stats as text (`name: value` lines).
+    pub fn stats(&self) -> String {
+        http_client::send(
+            &self.admin,
+            "GET",
+            "/stats",
+            &[],
+            b"",
+            Duration::from_secs(5),
+        )
+        .map(|r| r.text())
+        .unwrap_or_default()
+    }
+
+    /// One counter or gauge from the stats, if present.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.stats().lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+fn listener_ports(listeners: &serde_json::Value) -> Vec<u16> {
+    listeners["listener_statuses"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `envoy --mode validate` on a file; returns Envoy's output on failure.
+pub fn validate(config: &Path) -> Result<(), String> {
+    let out = Command::new(envoy_binary()?)
+        .args(["--mode", "validate", "-c"])
+        .arg(config)
+        .current_dir(repo_root())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// An upstream cluster for a test gateway.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+    /// Extra YAML for the cluster (e.g. a transport socket), indented to the cluster's level.
+    pub extra: String,
+}
+
+impl Cluster {
+    pub fn plain(name: &str, port: u16) -> Cluster {
+        Cluster {
+            name: name.into(),
+            port,
+            extra: String::new(),
+        }
+    }
+}
+
+/// The gateway configuration the tests run: the same listener, route, error mapping and filter
+/// settings as `envoy/gateway.yaml`, with the given plugin configuration and clusters, on
+/// ports the OS picks.
+pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String, String> {
+    let wasm = wasm_path()?;
+    let indented: String = plugin_config
+        .lines()
+        .map(|l| format!("                    {l}\n"))
+        .collect();
+    let mut yaml = format!(
+        r#"node: {{id: tollgate-test, cluster: tollgate}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: gateway
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          use_remote_address: true
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            name: gateway
+            virtual_hosts:
+            - name: apis
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster_header: x-tollgate-cluster
+                  cluster_not_found_response_code: SERVICE_UNAVAILABLE
+                  timeout: 5s
+                request_headers_to_remove: [x-tollgate-cluster]
+          local_reply_config:
+            mappers:
+            - filter: {{response_flag_filter: {{flags: [NC]}}}}
+              headers_to_add:
+              - header: {{key: x-gateway-error, value: "API backend cluster not found."}}
+              body_format_override:
+                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}}
+                content_type: application/json
+            - filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF]}}}}
+              headers_to_add:
+              - header: {{key: x-gateway-error, value: "API backend unavailable."}}
+              body_format_override:
+                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}}
+                content_type: application/json
+            - filter: {{response_flag_filter: {{flags: [UT]}}}}
+              headers_to_add:
+              - header: {{key: x-gateway-error, value: "API backend timed out."}}
+              body_format_override:
+                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
+                content_type: application/json
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: tollgate
+                root_id: tollgate
+                failure_policy: FAIL_RELOAD
+                allow_on_headers_stop_iteration: true
+                vm_config:
+                  vm_id: tollgate
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{wasm}"}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+{indented}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+"#,
+        wasm = wasm.display()
+    );
+    for c in clusters {
+        yaml.push_str(&format!(
+            r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+{extra}"#,
+            name = c.name,
+            port = c.port,
+            extra = c.extra
+        ));
+    }
+    if clusters.is_empty() {
+        yaml.push_str("  []\n");
+    }
+    Ok(yaml)
+}
