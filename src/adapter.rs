@@ -398,7 +398,7 @@ impl RootContext for Root {
             Ok(loaded) => {
                 log_warnings_once(&config, &loaded.warnings);
                 log::debug!(
-                    "tollgate: loaded {} APIs and {} clients",
+                    "loaded {} APIs and {} clients",
                     loaded.registry.apis().len(),
                     loaded.registry.clients().len()
                 );
@@ -407,7 +407,7 @@ impl RootContext for Root {
             }
             Err(errors) => {
                 log::error!(
-                    "tollgate: configuration refused ({} problem{}):\n  {}",
+                    "configuration refused ({} problem{}):\n  {}",
                     errors.len(),
                     if errors.len() == 1 { "" } else { "s" },
                     errors.join("\n  ")
@@ -446,7 +446,7 @@ fn log_warnings_once(config: &[u8], warnings: &[String]) {
         return;
     }
     for w in warnings {
-        log::warn!("tollgate: {w}");
+        log::warn!("{w}");
     }
 }
 
