@@ -1,8 +1,10 @@
 //! tollgate's test harness: real Envoy processes for end-to-end tests (`live`), a small HTTP
-//! client (`http_client`), and the native proxy-wasm host that replays recorded traffic
-//! through the real filter code (`host`, `replay`).
+//! client (`http_client`), the native proxy-wasm host that runs the real filter code (`host`),
+//! and the replay of recorded traffic through it (`replay`, `cli`).
 
+pub mod cli;
 pub mod host;
 pub mod http_client;
 pub mod live;
+pub mod replay;
 pub mod time;
