@@ -612,7 +612,12 @@ impl HttpContext for Filter {
         if !exchange.needs_response_headers() {
             return Action::Continue;
         }
-        let headers = read_headers(MapType::HttpResponseHeaders);
+        // Adding headers needs no read: one host call (and a guest allocation) saved.
+        let headers = if exchange.reads_response_headers() {
+            read_headers(MapType::HttpResponseHeaders)
+        } else {
+            HeaderMap::new()
+        };
         let mut response = Response {
             status: headers
                 .get(":status")

@@ -129,8 +129,6 @@ pub struct Exchange {
     chain: Chain,
     cursor: Cursor,
     state: RequestState,
-    /// The request path below the API as sent (empty when there is none), for routing.
-    resource: String,
     /// Set once the gateway has answered itself: the response phases are then skipped.
     replied: bool,
 }
@@ -144,7 +142,6 @@ impl Exchange {
             chain: Chain::default(),
             cursor: Cursor::default(),
             state: RequestState::default(),
-            resource: String::new(),
             replied: false,
         }
     }
@@ -211,12 +208,7 @@ impl Exchange {
                 }
             }
         }
-        self.state.destination = if parsed.resource.is_empty() {
-            "/".to_string()
-        } else {
-            parsed.resource.to_string()
-        };
-        self.resource = parsed.resource.to_string();
+        self.state.resource = parsed.resource.to_string();
         self.state.query = upstream_query;
 
         let chain = match &key {
@@ -321,7 +313,7 @@ impl Exchange {
         let Some(api) = self.api.and_then(|i| registry.api_at(i)) else {
             return;
         };
-        let mut path = upstream_path(&api.endpoint.path, &self.resource);
+        let mut path = upstream_path(&api.endpoint.path, &self.state.resource);
         if let Some(q) = &self.state.query {
             path.push('?');
             path.push_str(q);
@@ -371,6 +363,12 @@ impl Exchange {
             && (self.chain.needs(Phases::RESPONSE) || !self.state.response_headers.is_empty())
     }
 
+    /// Whether response-phase policies look at the response headers. When only headers are to be
+    /// added (CORS, rate-limit headers), the host need not read them first.
+    pub fn reads_response_headers(&self) -> bool {
+        !self.replied && self.chain.needs(Phases::RESPONSE)
+    }
+
     /// Whether the response body must be buffered and passed to `on_response_body`.
     pub fn needs_response_body(&self) -> bool {
         !self.replied && self.chain.needs(Phases::RESPONSE_BODY)
@@ -397,17 +395,25 @@ impl Exchange {
         }
     }
 
-    /// Adds the headers policies asked for, then runs the response chain in reverse.
+    /// Adds the headers policies asked for, then runs the response chain in reverse. When
+    /// `reads_response_headers` is false, `response` holds no headers (they were not read):
+    /// `Vary` is then added as a header line of its own rather than merged.
     pub fn on_response_headers(&mut self, response: &mut Response, host: &mut dyn Host) -> Step {
         if !self.needs_response_headers() {
             return Step::Continue;
         }
+        let read = self.reads_response_headers();
         for (name, value) in &self.state.response_headers {
-            if name.eq_ignore_ascii_case("vary") {
+            if !name.eq_ignore_ascii_case("vary") {
+                response.headers.set(name, value);
+            } else if read {
                 merge_vary(response, value);
             } else {
-                response.headers.set(name, value);
+                response.headers.add(name, value);
             }
+        }
+        if !read {
+            return Step::Continue;
         }
         let chain = self.chain.clone();
         match self.run(&chain, Phase::Response, host, Subject::Response(response)) {
@@ -830,9 +836,34 @@ mod tests {
     }
 
     #[test]
-    fn vary_from_cors_merges_with_the_backends() {
+    fn decorations_alone_need_no_read_of_the_response() {
         let mut c = config();
         c["apis"][0]["apiPolicies"] = json!([{"policy": "cors", "config": {"allowOrigin": ["*"]}}]);
+        let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
+        let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
+        assert!(ex.needs_response_headers());
+        assert!(!ex.reads_response_headers());
+        let mut resp = Response::default();
+        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        assert_eq!(
+            resp.headers.take_ops(),
+            vec![
+                crate::http::HeaderOp::Add("vary".into(), "Origin".into()),
+                crate::http::HeaderOp::Set(
+                    "access-control-allow-origin".into(),
+                    "https://a.test".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn vary_from_cors_merges_with_the_backends() {
+        let mut c = config();
+        c["apis"][0]["apiPolicies"] = json!([
+            {"policy": "cors", "config": {"allowOrigin": ["*"]}},
+            {"policy": "http-security", "config": {"frameOptions": "DENY"}}
+        ]);
         let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
         let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
         let mut resp = Response {

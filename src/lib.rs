@@ -15,6 +15,7 @@ pub mod errors;
 pub mod exchange;
 pub mod host;
 pub mod http;
+pub mod pattern;
 pub mod policy;
 pub mod registry;
 

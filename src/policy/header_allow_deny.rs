@@ -2,13 +2,10 @@
 //! values of named headers. Per entry, the first rule whose regex matches any value of the header
 //! decides; without a match, `allowIfNoRulesMatch` does; without the header, `allowIfHeaderMissing`.
 
-use regex::Regex;
-
-use super::{
-    full_match_regex, Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict,
-};
+use super::{Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict};
 use crate::config::json::Fields;
 use crate::http::Request;
+use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "header-allow-deny",
@@ -39,7 +36,7 @@ pub const KIND: PolicyKind = PolicyKind {
                 };
                 let allow = r.bool(&["allowRequest"], problems).unwrap_or(false);
                 match r.string(&["headerValueRegex"], problems) {
-                    Some(pattern) => match full_match_regex(&pattern) {
+                    Some(pattern) => match Pattern::full(&pattern) {
                         Ok(regex) => rules.push(Rule { regex, allow }),
                         Err(message) => {
                             problems.error(&r.field_path("headerValueRegex"), message);
@@ -69,7 +66,7 @@ pub const KIND: PolicyKind = PolicyKind {
 pub const FAILURE_CODE: u32 = 403;
 
 struct Rule {
-    regex: Regex,
+    regex: Pattern,
     allow: bool,
 }
 

@@ -1,12 +1,9 @@
 //! Ignored Resources (Apiman's `IgnoredResourcesPolicy`): matching paths answer 404 as if they
 //! did not exist.
 
-use regex::Regex;
-
-use super::{
-    full_match_regex, Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict,
-};
+use super::{Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict};
 use crate::http::Request;
+use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "ignored-resources",
@@ -24,7 +21,7 @@ pub const KIND: PolicyKind = PolicyKind {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty() && v != "*");
             match rule.string(&["pathPattern"], problems) {
-                Some(pattern) => match full_match_regex(&pattern) {
+                Some(pattern) => match Pattern::full(&pattern) {
                     Ok(regex) => rules.push(Rule { verb, regex }),
                     Err(message) => {
                         problems.error(&rule.field_path("pathPattern"), message);
@@ -40,7 +37,7 @@ pub const KIND: PolicyKind = PolicyKind {
         }
         // Apiman 1.x configurations: a list of path regexes, any verb.
         for (path, pattern) in f.strings(&["pathsToIgnore", "pathToIgnore"], problems) {
-            match full_match_regex(&pattern) {
+            match Pattern::full(&pattern) {
                 Ok(regex) => rules.push(Rule { verb: None, regex }),
                 Err(message) => {
                     problems.error(&path, message);
@@ -58,7 +55,7 @@ pub const FAILURE_CODE: u32 = 10007;
 struct Rule {
     /// `None` matches every verb (`*`).
     verb: Option<String>,
-    regex: Regex,
+    regex: Pattern,
 }
 
 pub struct IgnoredResources {

@@ -195,11 +195,12 @@ pub struct RequestState {
     pub response_headers: Vec<(String, String)>,
     /// The API key the request carried, if any.
     pub api_key: Option<String>,
-    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query.
-    pub destination: String,
+    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query;
+    /// empty when the request named no resource.
+    pub resource: String,
     /// The raw query string as it goes to the backend (API key removed unless kept).
     pub query: Option<String>,
-    /// The original request headers that response-side policies asked to keep.
+    /// One private slot per chain position (see `Context::slot`).
     pub slots: Vec<Option<Box<dyn Any>>>,
 }
 
@@ -247,7 +248,11 @@ impl Context<'_> {
     /// The request path below the API, without the query (`/` when empty), as Apiman matches
     /// every `pathPattern` against it.
     pub fn destination(&self) -> &str {
-        &self.state.destination
+        if self.state.resource.is_empty() {
+            "/"
+        } else {
+            &self.state.resource
+        }
     }
 
     /// Adds a header to whatever response goes back, backend's or gateway's.
@@ -355,24 +360,6 @@ pub fn not_yet_implemented(name: &str) -> Option<&'static str> {
         .map(|(id, _)| *id)
 }
 
-/// Java's `String.matches`: the whole input must match. Compiled once at config load.
-pub fn full_match_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        format!(
-            "\"{pattern}\" is not a valid regular expression ({})",
-            first_line(&e.to_string())
-        )
-    })
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with("error:"))
-        .map(|l| l.trim().trim_start_matches("error:").trim().to_string())
-        .unwrap_or_else(|| s.lines().next().unwrap_or_default().to_string())
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! Helpers shared by the policies' unit tests.
@@ -440,7 +427,7 @@ pub(crate) mod testing {
         /// A fixture whose request destination is `destination`.
         pub fn at(destination: &str) -> Fixture {
             let state = RequestState {
-                destination: destination.to_string(),
+                resource: destination.to_string(),
                 ..RequestState::default()
             };
             Fixture {

@@ -10,11 +10,10 @@
 //! - a `Header` value on the response side copies the request's header (Apiman fails with 500);
 //! - pseudo-headers (`:path`, `:authority`, ...) are never stripped.
 
-use regex::Regex;
-
 use super::{Context, Phases, Policy, PolicyKind, Verdict};
 use crate::config::json::{Fields, Problems};
 use crate::http::{HeaderMap, Request, Response};
+use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "simple-header",
@@ -70,7 +69,7 @@ struct Strip {
 #[derive(Debug, Default)]
 struct Matcher {
     literals: Vec<String>,
-    regex: Option<Regex>,
+    regex: Option<Pattern>,
 }
 
 impl Matcher {
@@ -188,11 +187,8 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
             );
         }
         if !literal {
-            if let Err(e) = Regex::new(&pattern) {
-                problems.error(
-                    &s.field_path("pattern"),
-                    format!("\"{pattern}\" is not a valid regular expression ({e})"),
-                );
+            if let Err(message) = Pattern::full(&pattern) {
+                problems.error(&s.field_path("pattern"), message);
                 ok = false;
                 continue;
             }
@@ -213,10 +209,9 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
         literals: literals.clone(),
         regex: (!regexes.is_empty())
             .then(|| {
-                let alternatives: Vec<String> =
-                    regexes.iter().map(|r| format!("(?:{r})")).collect();
-                // Apiman: case-insensitive, whole name or value.
-                Regex::new(&format!("(?i)^(?:{})$", alternatives.join("|"))).ok()
+                // Apiman: all patterns of a side in one case-insensitive, whole-value regex.
+                let patterns: Vec<&str> = regexes.iter().map(String::as_str).collect();
+                Pattern::any_full_ignore_case(&patterns).ok()
             })
             .flatten(),
     };
