@@ -26,7 +26,9 @@ fn ok() -> Upstream {
 fn a_public_api_request_is_routed_to_its_backend() {
     let host = Host::new(HostSettings::default());
     let vm = host.start_vm(&config()).unwrap();
-    let r = vm.run(StreamInput::new("GET", "/t/echo/1/x?a=1"), |_| ok()).unwrap();
+    let r = vm
+        .run(StreamInput::new("GET", "/t/echo/1/x?a=1"), |_| ok())
+        .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.origin, Origin::Backend);
     let up = r.upstream.unwrap();
@@ -40,7 +42,9 @@ fn a_public_api_request_is_routed_to_its_backend() {
 fn an_unknown_api_gets_the_filters_404() {
     let host = Host::new(HostSettings::default());
     let vm = host.start_vm(&config()).unwrap();
-    let r = vm.run(StreamInput::new("GET", "/t/nope/1/x"), |_| ok()).unwrap();
+    let r = vm
+        .run(StreamInput::new("GET", "/t/nope/1/x"), |_| ok())
+        .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.origin, Origin::Filter);
     assert_eq!(r.header("x-gateway-error"), Some("API not found."));

@@ -408,7 +408,7 @@ extern "C" fn proxy_set_header_map_pairs(map: u32, data: *const u8, size: usize)
     };
     with_vm(|vm| match vm.map(map) {
         Ok(h) => {
-            *h = Headers::from_pairs(&pairs);
+            h.replace_all(&pairs);
             status::OK
         }
         Err(s) => s,

@@ -322,7 +322,7 @@ impl Run {
                         headers,
                         body,
                     } => {
-                        let mut h = Headers::new();
+                        let mut h = Headers::response();
                         h.add(":status", &status.to_string());
                         for (k, v) in headers {
                             h.add(k, v);
@@ -346,7 +346,11 @@ impl Run {
                 );
                 abi::with_vm(|vm| vm.log(3, format!("tollgate-replay: {message}")));
                 abi::CallResponseData {
-                    headers: Headers::from_pairs(&[(":status", "503")]),
+                    headers: {
+                        let mut h = Headers::response();
+                        h.add(":status", "503");
+                        h
+                    },
                     body: message.into_bytes(),
                     trailers: Headers::new(),
                 }
@@ -510,7 +514,7 @@ impl Run {
 
     /// The backend's response through the filter's response callbacks.
     fn response(&mut self, r: BackendResponse) -> StreamResult {
-        let mut h = Headers::new();
+        let mut h = Headers::response();
         h.add(":status", &r.status.to_string());
         let mut had_length = false;
         for (k, v) in &r.headers {
@@ -712,7 +716,7 @@ fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 /// filter's headers lower-cased in order, then `content-length` and, for a body without a
 /// content type, `content-type: text/plain`.
 fn local_reply_headers(reply: &LocalReplyRequest) -> Headers {
-    let mut h = Headers::new();
+    let mut h = Headers::response();
     h.add(":status", &reply.status.to_string());
     for (k, v) in &reply.headers {
         h.add(k, v);
@@ -787,7 +791,7 @@ pub fn envoy_request_headers(
     settings: &HostSettings,
     request_id: &str,
 ) -> Headers {
-    let mut h = Headers::new();
+    let mut h = Headers::request();
     h.add(":authority", &input.authority);
     h.add(":path", &normalize_path(&input.path));
     h.add(":method", &input.method.to_ascii_uppercase());

@@ -399,6 +399,18 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
                 .map_err(|e| RunError::Host(config.source.clone(), e))?,
         );
     }
+    let mut warnings = suite.warnings.clone();
+    if let Some(first) = vms.first() {
+        // What the filter said while loading the configuration (e.g. warnings about it).
+        let boot = first
+            .exec(|g| g.take_logs())
+            .map_err(|e| RunError::Host(config.source.clone(), e))?;
+        warnings.extend(
+            boot.iter()
+                .filter(|l| l.level >= 3)
+                .map(|l| format!("filter: {}", l.message)),
+        );
+    }
     let exchanges: Arc<Vec<Exchange>> = Arc::new(suite.exchanges.clone());
     // Consecutive exchanges for the same worker run as one batch on its thread.
     let mut batches: Vec<(usize, Vec<Slot>)> = Vec::new();
@@ -462,7 +474,7 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
         failed: tally.failed,
         skipped: tally.skipped,
         elapsed,
-        warnings: suite.warnings.clone(),
+        warnings,
         target: format!(
             "native, {workers} worker{}",
             if workers == 1 { "" } else { "s" }
