@@ -413,6 +413,11 @@ static_resources:
                 json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
                 content_type: application/json
           http_filters:
+          - name: envoy.filters.http.tap
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap
+              common_config:
+                admin_config: {{config_id: tollgate}}
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm

@@ -1,8 +1,9 @@
 //! Every fixture in tests/fixtures runs twice: natively through the real filter code on the
 //! native host, and through the real Envoy 1.40 with the real tollgate.wasm (all clusters
 //! routed to the replay backend, which serves the recorded responses). The two must agree on
-//! every exchange: status, gateway and policy headers, body (byte for byte), every header an expectation
-//! names, and what the backend received where the fixture states it.
+//! every exchange: status, gateway and policy headers, body (byte for byte), every header an
+//! expectation names, and what the backend received where the fixture states it. Recordings
+//! without a configuration (the demo HAR and tap trace) run with envoy/gateway.yaml's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;

@@ -67,6 +67,10 @@ fn clip(s: &str, width: usize) -> String {
 pub fn reasons(o: &Outcome) -> Vec<String> {
     let mut out: Vec<String> = match &o.verdict {
         Verdict::Skip(why) => vec![format!("skipped: {why}")],
+        _ if o.change.is_some() => o
+            .failures()
+            .map(|c| format!("recorded {}, now {}", c.expected, c.got))
+            .collect(),
         _ => o
             .failures()
             .map(|c| format!("{}: expected {}, got {}", c.what, c.expected, c.got))
@@ -91,15 +95,15 @@ pub fn table(runs: &[SuiteRun], dry_run: bool, quiet: bool) -> String {
         for w in &run.warnings {
             let _ = writeln!(s, "  warning: {w}");
         }
-        let (exp, verdict) = if dry_run {
-            ("recorded", "change")
+        let (exp, got, verdict) = if dry_run {
+            ("recorded", "now", "change")
         } else {
-            ("expected", "verdict")
+            ("expected", "got", "verdict")
         };
         let _ = writeln!(
             s,
             "  {:>4}  {:<52} {:>8} {:>5}  {verdict}",
-            "#", "request", exp, "got"
+            "#", "request", exp, got
         );
         for o in &run.outcomes {
             let number = if o.round == 0 {

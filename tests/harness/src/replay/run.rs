@@ -217,12 +217,35 @@ fn classify(ex: &Exchange, obs: &Observed) -> Change {
     let Some(recorded) = ex.recorded_status else {
         return Change::Unknown;
     };
-    let now_blocked = obs.from_gateway.unwrap_or(false) || obs.status == 0;
-    match (ex.recorded_by_gateway, now_blocked) {
+    // Blocked: refused by the gateway itself. A CORS preflight the gateway answers with 200
+    // is not a refusal.
+    let was_blocked = ex.recorded_by_gateway && recorded >= 400;
+    let now_blocked = obs.status == 0 || (obs.from_gateway == Some(true) && obs.status >= 400);
+    match (was_blocked, now_blocked) {
         (false, true) => Change::NewlyBlocked,
         (true, false) => Change::NewlyAllowed,
         _ if recorded == obs.status => Change::Unchanged,
         _ => Change::StatusChanged,
+    }
+}
+
+/// `403 from the gateway (API not public.)`, for dry-run reports.
+fn decision(status: Option<u16>, by_gateway: Option<bool>, headers: &[(String, String)]) -> String {
+    let Some(status) = status.filter(|s| *s != 0) else {
+        return "(no response)".into();
+    };
+    let reason = headers
+        .iter()
+        .find(|(k, _)| {
+            k.eq_ignore_ascii_case("x-gateway-error")
+                || k.eq_ignore_ascii_case("x-policy-failure-message")
+        })
+        .map(|(_, v)| format!(" ({v})"))
+        .unwrap_or_default();
+    match by_gateway {
+        Some(true) => format!("{status} from the gateway{reason}"),
+        Some(false) => format!("{status} from the backend"),
+        None => status.to_string(),
     }
 }
 
@@ -240,10 +263,11 @@ fn judge(
         let ok = matches!(change, Change::Unchanged | Change::Unknown);
         let checks = vec![Check {
             what: "decision".into(),
-            expected: ex
-                .recorded_status
-                .map_or("(not recorded)".into(), |s| s.to_string()),
-            got: obs.status.to_string(),
+            expected: match ex.recorded_status {
+                Some(s) => decision(Some(s), Some(ex.recorded_by_gateway), &[]),
+                None => "(not recorded)".into(),
+            },
+            got: decision(Some(obs.status), obs.from_gateway, &obs.headers),
             ok: Some(ok),
         }];
         (
