@@ -176,6 +176,13 @@ impl Exchange {
             return self.gateway_error(GatewayError::ApiNotFound, false);
         };
         self.api = Some(api_index);
+        if let Some(header) = &settings.client_address_header {
+            if let Some(address) = request.headers.get(header) {
+                let ip = crate::client_ip::parse_socket_address(address);
+                self.state.set_downstream(ip);
+            }
+            request.headers.remove(header);
+        }
 
         // The key: header first, then the query parameter; blank counts as absent.
         let key = request
@@ -884,6 +891,24 @@ mod tests {
         let mut host = MemoryHost::default();
         ex.on_request_headers(&mut request("GET", "/Org/echo/1.0/x", &[]), &mut host);
         assert_eq!(host.calls, crate::host::HostCalls::default());
+    }
+
+    #[test]
+    fn a_configured_client_address_header_replaces_the_property_lookup() {
+        let mut c = config();
+        c["gateway"] = json!({"clientAddressHeader": "X-Tollgate-Client-Address"});
+        c["apis"][0]["apiPolicies"] = json!([block("203.0.113.7")]);
+        let mut ex = Exchange::new(registry(c));
+        let mut host = MemoryHost::with_downstream("10.0.0.1:1");
+        let mut req = request(
+            "GET",
+            "/Org/echo/1.0/x",
+            &[("x-tollgate-client-address", "203.0.113.7")],
+        );
+        let step = ex.on_request_headers(&mut req, &mut host);
+        assert_eq!(reply(step).status, 403);
+        assert_eq!(host.calls.downstream_address, 0);
+        assert_eq!(req.headers.get("x-tollgate-client-address"), None);
     }
 
     #[test]

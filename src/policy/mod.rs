@@ -215,6 +215,14 @@ pub struct Context<'a> {
     pub position: usize,
 }
 
+impl RequestState {
+    /// Records the downstream address when the request itself carries it (a trusted header
+    /// set by Envoy), so no host call is needed.
+    pub fn set_downstream(&mut self, ip: Option<IpAddr>) {
+        self.downstream = Some(ip);
+    }
+}
+
 impl Context<'_> {
     /// The host's time, fetched once per request.
     pub fn now(&mut self) -> SystemTime {

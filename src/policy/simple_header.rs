@@ -89,6 +89,8 @@ pub struct SimpleHeader {
     strip_response: Strip,
     /// Request headers copied into response headers: kept from the request phase.
     response_copies: Vec<String>,
+    /// Only the sides that have rules, so a request-only policy costs no response-header read.
+    phases: Phases,
 }
 
 fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
@@ -216,7 +218,7 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
             .flatten(),
     };
     let [request, response] = &strip_patterns;
-    let response_copies = add
+    let response_copies: Vec<String> = add
         .iter()
         .filter(|a| a.side.covers(Side::Response))
         .filter_map(|a| match &a.value {
@@ -224,7 +226,19 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
             Value::Fixed(_) => None,
         })
         .collect();
+    let side_used = |side: Side, strip: &[(Vec<String>, Vec<String>); 2]| {
+        add.iter().any(|a| a.side.covers(side))
+            || strip.iter().any(|(l, r)| !l.is_empty() || !r.is_empty())
+    };
+    let mut phases = Phases::NONE;
+    if side_used(Side::Request, request) || !response_copies.is_empty() {
+        phases = phases.union(Phases::REQUEST);
+    }
+    if side_used(Side::Response, response) {
+        phases = phases.union(Phases::RESPONSE);
+    }
     ok.then(|| SimpleHeader {
+        phases,
         add,
         strip_request: Strip {
             names: compile(&request[0]),
@@ -279,7 +293,7 @@ impl Policy for SimpleHeader {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST.union(Phases::RESPONSE)
+        self.phases
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {
@@ -459,6 +473,18 @@ mod tests {
         Fixture::new().on_request(p.as_ref(), &mut req);
         assert_eq!(req.headers.get(":path"), Some("/"));
         assert_eq!(req.headers.get("x-a"), None);
+    }
+
+    #[test]
+    fn request_only_rules_take_no_part_in_the_response() {
+        let p = policy(
+            json!({"addHeaders": [{"headerName": "X-A", "headerValue": "1", "applyTo": "Request"}]}),
+        );
+        assert_eq!(p.phases(), Phases::REQUEST);
+        let p = policy(
+            json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "server", "applyTo": "Response"}]}),
+        );
+        assert_eq!(p.phases(), Phases::RESPONSE);
     }
 
     #[test]

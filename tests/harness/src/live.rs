@@ -391,7 +391,7 @@ static_resources:
                   cluster_header: x-tollgate-cluster
                   cluster_not_found_response_code: SERVICE_UNAVAILABLE
                   timeout: 5s
-                request_headers_to_remove: [x-tollgate-cluster]
+                request_headers_to_remove: [x-tollgate-cluster, x-tollgate-client-address]
           local_reply_config:
             mappers:
             - filter: {{response_flag_filter: {{flags: [NC]}}}}
@@ -418,6 +418,14 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap
               common_config:
                 admin_config: {{config_id: tollgate}}
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - append:
+                    header: {{key: x-tollgate-client-address, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}
+                    append_action: OVERWRITE_IF_EXISTS_OR_ADD
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
