@@ -114,7 +114,7 @@ pub const EXPECT_FIELDS: &[&str] = &[
     "backend",
 ];
 
-const BACKEND_FIELDS: &[&str] = &[
+pub const BACKEND_FIELDS: &[&str] = &[
     "called",
     "method",
     "path",

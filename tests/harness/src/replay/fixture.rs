@@ -13,7 +13,7 @@ use super::{config, expect, Exchange, Format, GatewayConfig, InputError, Suite};
 use crate::host::{BackendResponse, CallStub, PropertyValue, StreamInput, StubAnswer, Upstream};
 use crate::time;
 
-const TOP: &[&str] = &[
+pub const TOP: &[&str] = &[
     "name",
     "description",
     "config",
@@ -25,7 +25,7 @@ const TOP: &[&str] = &[
     "stubs",
     "exchanges",
 ];
-const EXCHANGE: &[&str] = &[
+pub const EXCHANGE: &[&str] = &[
     "name",
     "at",
     "worker",
@@ -35,7 +35,7 @@ const EXCHANGE: &[&str] = &[
     "response",
     "expect",
 ];
-const REQUEST: &[&str] = &[
+pub const REQUEST: &[&str] = &[
     "method",
     "path",
     "authority",
@@ -46,7 +46,7 @@ const REQUEST: &[&str] = &[
     "chunks",
     "trailers",
 ];
-const RESPONSE: &[&str] = &[
+pub const RESPONSE: &[&str] = &[
     "status",
     "headers",
     "body",
@@ -54,7 +54,7 @@ const RESPONSE: &[&str] = &[
     "trailers",
     "reset",
 ];
-const STUB: &[&str] = &[
+pub const STUB: &[&str] = &[
     "cluster",
     "method",
     "path",

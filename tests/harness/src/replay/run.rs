@@ -10,7 +10,8 @@ use super::backend::ReplayBackend;
 use super::expect::{check, BackendSeen, Check, Observed};
 use super::{is_gateway_reply, Exchange, GatewayConfig, Suite};
 use crate::host::{
-    BackendResponse, Host, HostError, HostSettings, Origin, StreamResult, Upstream, UpstreamRequest,
+    tollgate_init, BackendResponse, GuestInit, Host, HostError, HostSettings, Origin, StreamResult,
+    Upstream, UpstreamRequest,
 };
 use crate::http_client;
 
@@ -30,6 +31,8 @@ pub struct Options {
     pub verbose: bool,
     /// The route timeout of the emulated gateway (`envoy/gateway.yaml`: 30 s).
     pub route_timeout_ms: u64,
+    /// The guest's `main!` block: tollgate's, or a probe filter's in tests of the host.
+    pub init: GuestInit,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             dry_run: false,
             verbose: false,
             route_timeout_ms: 30_000,
+            init: tollgate_init,
         }
     }
 }
@@ -419,7 +423,7 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
     let mut vms = Vec::with_capacity(workers);
     for _ in 0..workers {
         vms.push(
-            host.start_vm(&config.plugin)
+            host.start_vm_with(opts.init, &config.plugin)
                 .map_err(|e| RunError::Host(config.source.clone(), e))?,
         );
     }
