@@ -360,3 +360,25 @@ fn the_version_can_come_from_x_api_version() {
     assert_eq!(s["path"], "/base/x");
     assert_eq!(seen_header(&s, "x-api-version"), None);
 }
+
+#[test]
+fn a_request_body_passes_through_unbuffered() {
+    e2e!();
+    // Larger than Envoy's default 1 MiB buffer limit: buffering it would answer 413.
+    let body = vec![b'x'; 2 * 1024 * 1024 + 17];
+    let r = world()
+        .envoy
+        .request(
+            "POST",
+            "/t/private/1/upload",
+            &[
+                ("X-API-Key", "gold-key-0001"),
+                ("content-type", "text/plain"),
+            ],
+            &body,
+        )
+        .unwrap();
+    let s = seen(&r);
+    assert_eq!(s["method"], "POST");
+    assert_eq!(s["body"].as_str().map(str::len), Some(body.len()));
+}
