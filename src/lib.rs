@@ -13,6 +13,8 @@ pub mod client_ip;
 pub mod config;
 pub mod errors;
 pub mod exchange;
+#[cfg(feature = "gen")]
+pub mod gen;
 pub mod host;
 pub mod http;
 pub mod pattern;

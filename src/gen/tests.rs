@@ -1,0 +1,1 @@
+//! Generator tests with real openssl/keytool and certificates from scripts/certs.
