@@ -80,11 +80,11 @@ impl Endpoint {
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(&s[prefix.len()..])
-    } else {
-        None
-    }
+    // `get` rather than indexing: the cut may fall inside a multi-byte character.
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; `None` if the port is not a number.
@@ -571,6 +571,13 @@ mod tests {
             (e.authority.as_str(), e.host.as_str(), e.path.as_str()),
             ("[::1]:9000", "::1", "/x")
         );
+    }
+
+    #[test]
+    fn a_non_ascii_endpoint_is_an_error_not_a_panic() {
+        assert!(Endpoint::parse("ñññññññññ").is_err());
+        assert!(Endpoint::parse("httpñ://x").is_err());
+        assert!(parse_key_hash("sha25ñ:00").is_none());
     }
 
     #[test]
