@@ -419,6 +419,10 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
         ..HostSettings::default()
     };
     let host = Host::new(settings);
+    let plan = schedule(suite, opts.repeat.max(1));
+    // VMs boot at the first exchange's time, so ticks count from there.
+    host.clock()
+        .set_nanos(plan.first().map_or(suite.start, |(_, _, t)| *t));
     let workers = opts.workers.unwrap_or(suite.workers).max(1);
     let mut vms = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -442,7 +446,7 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
     let exchanges: Arc<Vec<Exchange>> = Arc::new(suite.exchanges.clone());
     // Consecutive exchanges for the same worker run as one batch on its thread.
     let mut batches: Vec<(usize, Vec<Slot>)> = Vec::new();
-    for (round, i, t) in schedule(suite, opts.repeat.max(1)) {
+    for (round, i, t) in plan {
         let w = exchanges
             .get(i)
             .and_then(|e| e.worker)
