@@ -467,3 +467,110 @@ static_resources:
     }
     Ok(yaml)
 }
+
+// ---- Upstream TLS: tollgate-gen, certificates and waiting on stats (tests/harness/tests/e2e_tls*.rs).
+
+/// tollgate-gen: `$TOLLGATE_GEN`, else `target/debug/tollgate-gen`
+/// (`cargo build -p tollgate --features gen --bin tollgate-gen`; scripts/test builds it).
+pub fn gen_binary() -> Result<PathBuf, String> {
+    let p = std::env::var("TOLLGATE_GEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/debug/tollgate-gen"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found (cargo build -p tollgate --features gen --bin tollgate-gen)",
+            p.display()
+        ))
+    }
+}
+
+/// Like [`e2e_available`], for tests that also need tollgate-gen, openssl and keytool.
+pub fn tls_e2e_available() -> bool {
+    if !e2e_available() {
+        return false;
+    }
+    let required = std::env::var("TOLLGATE_E2E").is_ok_and(|v| v == "1");
+    let missing: Vec<String> = [
+        gen_binary().err(),
+        Command::new("openssl")
+            .arg("version")
+            .output()
+            .err()
+            .map(|_| "openssl not found".to_string()),
+        Command::new("keytool")
+            .arg("-help")
+            .output()
+            .err()
+            .map(|_| "keytool not found".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() || required {
+        // Required but missing: the test fails on the first use, naming what is missing.
+        return true;
+    }
+    eprintln!("skipping TLS end-to-end test: {}", missing.join("; "));
+    false
+}
+
+/// Runs `scripts/certs <args> --dir <dir>`.
+pub fn certs(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(repo_root().join("scripts/certs"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("scripts/certs: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scripts/certs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs tollgate-gen on a definition, from the repository root. Ok: its report (warnings,
+/// files written); Err: its errors.
+pub fn generate(definition: &Path, out: &Path, stores: &Path) -> Result<String, String> {
+    let result = Command::new(gen_binary()?)
+        .arg(definition)
+        .arg("--out")
+        .arg(out)
+        .arg("--stores")
+        .arg(stores)
+        .current_dir(repo_root())
+        .output()
+        .map_err(|e| format!("tollgate-gen: {e}"))?;
+    let report = String::from_utf8_lossy(&result.stderr).into_owned();
+    if result.status.success() {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+/// Polls `probe` every 50 ms until it gives a value or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Envoy {
+    /// A counter or gauge, 0 when Envoy has not created it (yet).
+    pub fn stat_or_zero(&self, name: &str) -> u64 {
+        self.stat(name).unwrap_or(0)
+    }
+}
