@@ -574,3 +574,31 @@ impl Envoy {
         self.stat(name).unwrap_or(0)
     }
 }
+
+/// The demo certificates in `.run/certs` (what scripts/demo and the bundled configs use),
+/// made once per test process; existing ones are kept.
+pub fn demo_certs() -> Result<PathBuf, String> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join(".run/certs");
+        certs(&dir, &["demo"]).map(|_| dir)
+    })
+    .clone()
+}
+
+/// The demo backend as scripts/demo runs it: TLS only, requiring the demo client certificate.
+pub fn demo_backend() -> Result<Backend, String> {
+    let dir = demo_certs()?;
+    let file = |name: &str| dir.join(name).display().to_string();
+    Backend::start(
+        "demo-backend",
+        &[
+            "--cert",
+            &file("demo-backend.pem"),
+            "--key",
+            &file("demo-backend.key"),
+            "--client-ca",
+            &file("ca.pem"),
+        ],
+    )
+}

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use tollgate_harness::live::{self, Backend, Cluster, Envoy};
+use tollgate_harness::live::{self, Cluster, Envoy};
 
 #[test]
 fn every_bundled_envoy_config_validates() {
@@ -48,7 +48,8 @@ fn the_demo_gateway_answers_as_the_readme_says() {
     if !live::e2e_available() {
         return;
     }
-    let backend = Backend::echo("demo-backend").unwrap();
+    // TLS only, requiring the demo client certificate, as scripts/demo starts it.
+    let backend = live::demo_backend().unwrap();
     let yaml = fs::read_to_string(live::repo_root().join("envoy/gateway.yaml"))
         .unwrap()
         .replace("port_value: 10000", "port_value: 0")
@@ -64,6 +65,11 @@ fn the_demo_gateway_answers_as_the_readme_says() {
     let r = envoy.get("/demo/orders/1.0/items?page=2", &gold).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/orders/items?page=2");
+    assert_eq!(r.json()["tls"], true);
+    assert_eq!(
+        r.json()["client_subject"],
+        "CN=gateway-client,O=tollgate demo"
+    );
     assert_eq!(
         envoy
             .get("/demo/orders/1.0/items?apikey=demo-key-gold", &[])
