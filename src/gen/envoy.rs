@@ -84,6 +84,8 @@ pub struct Render<'a> {
     pub wasm: &'a str,
     pub route_timeout_ms: u64,
     pub cluster_header: &'a str,
+    /// `gateway.clientAddressHeader`: Envoy must overwrite it, or clients could forge it.
+    pub client_address_header: Option<&'a str>,
     pub plugin_json: &'a str,
     pub clusters: &'a [ClusterPlan],
     pub keys: &'a [KeySecret],
@@ -157,6 +159,25 @@ fn is_ip(s: &str) -> bool {
 /// The Envoy bootstrap.
 pub fn bootstrap_yaml(r: &Render) -> String {
     let mut out = header(r.source);
+    let (removed, address_filter) = match r.client_address_header {
+        Some(h) => (
+            format!("{}, {h}", r.cluster_header),
+            format!(
+                r#"          # Hands tollgate the client address in the header the registry names
+          # (gateway.clientAddressHeader), overwritten so clients cannot forge it.
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - append:
+                    header: {{key: {h}, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}
+                    append_action: OVERWRITE_IF_EXISTS_OR_ADD
+"#
+            ),
+        ),
+        None => (r.cluster_header.to_string(), String::new()),
+    };
     let indented: String = r
         .plugin_json
         .lines()
@@ -206,7 +227,7 @@ static_resources:
                   cluster_header: {ch}
                   cluster_not_found_response_code: SERVICE_UNAVAILABLE
                   timeout: {rt}
-                request_headers_to_remove: [{ch}]
+                request_headers_to_remove: [{removed}]
           local_reply_config:
             mappers:
             - filter: {{response_flag_filter: {{flags: [NC]}}}}
@@ -228,7 +249,14 @@ static_resources:
                 json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
                 content_type: application/json
           http_filters:
-          - name: envoy.filters.http.wasm
+          # Traffic recording for tollgate-replay, off until the admin /tap endpoint asks for
+          # it (config_id tollgate).
+          - name: envoy.filters.http.tap
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap
+              common_config:
+                admin_config: {{config_id: tollgate}}
+{address_filter}          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:

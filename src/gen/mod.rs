@@ -447,6 +447,11 @@ pub fn generate(
         .and_then(Value::as_str)
         .unwrap_or("x-tollgate-cluster")
         .to_ascii_lowercase();
+    let client_address_header = registry
+        .get("gateway")
+        .and_then(|g| g.get("clientAddressHeader"))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
     let render = Render {
         source,
         node: (&def.node.id, &def.node.cluster),
@@ -455,6 +460,7 @@ pub fn generate(
         wasm: &def.wasm,
         route_timeout_ms,
         cluster_header: &cluster_header,
+        client_address_header: client_address_header.as_deref(),
         plugin_json: &plugin_json,
         clusters: &clusters,
         keys: &key_secrets,
