@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use tollgate_harness::live;
+use tollgate_harness::replay::config;
 
 struct Run {
     code: i32,
@@ -144,16 +145,16 @@ fn a_har_without_a_configuration_is_a_usage_error() {
     assert!(r.stderr.contains("tests/fixtures/demo.har") && r.stderr.contains("--config"));
 }
 
-/// The demo configuration with the echo API made private.
+/// The demo configuration with its first API (echo) made private.
 fn private_echo_config() -> PathBuf {
-    let yaml = std::fs::read_to_string(live::repo_root().join("envoy/gateway.yaml")).unwrap();
-    let changed = yaml.replacen(
-        "\"publicAPI\": true, \"endpoint\": \"http://127.0.0.1:8081/echo\"",
-        "\"publicAPI\": false, \"endpoint\": \"http://127.0.0.1:8081/echo\"",
-        1,
+    let demo = config::load(&live::repo_root().join("envoy/gateway.yaml")).unwrap();
+    let mut plugin: Value = serde_json::from_slice(&demo.plugin).unwrap();
+    assert_eq!(
+        plugin["apis"][0]["apiId"], "echo",
+        "the demo's echo API moved"
     );
-    assert_ne!(yaml, changed, "the demo's echo API moved");
-    write("private-echo.yaml", &changed)
+    plugin["apis"][0]["publicAPI"] = json!(false);
+    write("private-echo.json", &plugin.to_string())
 }
 
 #[test]

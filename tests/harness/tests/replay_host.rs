@@ -194,7 +194,7 @@ fn worker_vms_share_data_with_envoys_cas_semantics_under_contention() {
                     vm.exec(move |g| {
                         (0..each)
                             .map(|_| {
-                                let r = g.run(StreamInput::new("GET", "/"), &mut |_| ok());
+                                let r = g.run(&StreamInput::new("GET", "/"), &mut |_| ok());
                                 backend_header(&r, "x-n").unwrap().parse::<u64>().unwrap()
                             })
                             .collect::<Vec<_>>()
@@ -547,7 +547,7 @@ fn a_local_reply_ends_the_stream_and_passes_through_the_response_callbacks() {
     let r = vm
         .exec(move |g| {
             let r = g.run(
-                StreamInput::new("GET", "/").header("x-reply", "1"),
+                &StreamInput::new("GET", "/").header("x-reply", "1"),
                 &mut |_| {
                     called = true;
                     ok()

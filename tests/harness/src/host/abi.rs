@@ -90,7 +90,10 @@ pub(super) struct StreamState {
     pub continue_response: bool,
     /// `proxy_close_stream` was called.
     pub closed: bool,
+    /// Properties set for this stream (by the fixture, the filter or the router).
     pub properties: HashMap<String, Vec<u8>>,
+    /// What the other stream properties are computed from.
+    pub facts: super::stream::StreamFacts,
 }
 
 /// Everything the host functions need on one VM thread.
@@ -190,6 +193,9 @@ impl VmHost {
         if let Some(s) = &self.stream {
             if let Some(v) = s.properties.get(path) {
                 return Some(v.clone());
+            }
+            if let Some(v) = s.facts.property(path, &self.settings) {
+                return Some(v);
             }
         }
         self.properties.get(path).cloned()

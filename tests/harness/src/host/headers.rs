@@ -152,7 +152,11 @@ impl Headers {
     /// Appends a value; a pseudo-header goes to the end of the pseudo-header block, and an
     /// inline header that exists gets `,value` appended.
     pub fn add(&mut self, name: &str, value: &str) {
-        let name = name.to_ascii_lowercase();
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase()
+        } else {
+            name.to_string()
+        };
         if self.inline.contains(&name.as_str()) {
             if let Some((_, v)) = self.entries.iter_mut().find(|(k, _)| *k == name) {
                 v.push(',');
@@ -200,6 +204,19 @@ impl Headers {
 
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    /// Drops the pseudo-headers, in place.
+    pub fn remove_pseudo(&mut self) {
+        self.entries.retain(|(k, _)| !k.starts_with(':'));
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        self.entries
     }
 
     /// The map without pseudo-headers, as an HTTP/1.1 peer would see it.

@@ -125,6 +125,10 @@ pub struct HostSettings {
     pub route_name: String,
     /// The route timeout, sent upstream as `x-envoy-expected-rq-timeout-ms`.
     pub route_timeout_ms: u64,
+    /// The header the gateway's `header_mutation` filter sets to the client's address before
+    /// tollgate runs (and the route removes), as `envoy/gateway.yaml` and `live::gateway_yaml`
+    /// do for `gateway.clientAddressHeader`; `None` for an Envoy without that filter.
+    pub client_address_header: Option<String>,
     /// The level `proxy_get_log_level` reports (proxy-wasm numbering: 2 = info).
     pub log_level: u32,
     /// Print guest log lines to stderr as they happen.
@@ -144,6 +148,7 @@ impl Default for HostSettings {
             listener_address: "127.0.0.1:10000".to_string(),
             route_name: String::new(),
             route_timeout_ms: 30_000,
+            client_address_header: Some("x-tollgate-client-address".to_string()),
             log_level: 2,
             echo_logs: false,
             plugin_name: "tollgate".to_string(),
@@ -364,7 +369,7 @@ impl Vm {
         backend: impl FnMut(&UpstreamRequest) -> Upstream + Send + 'static,
     ) -> Result<StreamResult, HostError> {
         let mut backend = backend;
-        self.exec(move |g| g.run(input, &mut backend))
+        self.exec(move |g| g.run(&input, &mut backend))
     }
 }
 

@@ -189,7 +189,7 @@ impl Guest {
     /// Runs one request through the filter and, if it gets past it, through `backend`.
     pub fn run(
         &mut self,
-        input: StreamInput,
+        input: &StreamInput,
         backend: &mut dyn FnMut(&UpstreamRequest) -> Upstream,
     ) -> StreamResult {
         self.tick();
@@ -201,13 +201,29 @@ impl Guest {
             return no_response("the VM is not installed on this thread");
         };
         let request_id = format!("00000000-0000-4000-8000-{:012x}", self.requests);
-        let headers = envoy_request_headers(&input, &settings, &request_id);
-        let properties = stream_properties(&input, &headers, &settings, id, now, &request_id);
+        let headers = envoy_request_headers(input, &settings, &request_id);
+        let facts = StreamFacts {
+            id,
+            source: input.source.clone(),
+            authority: input.authority.clone(),
+            scheme: input.scheme.clone(),
+            method: input.method.to_ascii_uppercase(),
+            path: headers.get(":path").unwrap_or("/").to_string(),
+            request_id,
+            start: now,
+            user_agent: headers.get("user-agent").map(str::to_string),
+        };
+        let properties = input
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.encode()))
+            .collect();
         abi::with_vm(|vm| {
             vm.stream = Some(StreamState {
                 request_headers: headers,
                 request_headers_open: true,
                 properties,
+                facts,
                 ..StreamState::default()
             })
         });
@@ -219,7 +235,7 @@ impl Guest {
             callouts: Vec::new(),
             method: input.method.to_ascii_uppercase(),
         };
-        let mut result = run.request(&input, backend);
+        let mut result = run.request(input, backend);
         result.callouts = std::mem::take(&mut run.callouts);
         if run.method == "HEAD" {
             result.body.clear();
@@ -491,6 +507,9 @@ impl Run {
         });
         // request_headers_to_remove, then the router's own header (verified on Envoy 1.40).
         headers.remove(&self.settings.cluster_header);
+        if let Some(name) = &self.settings.client_address_header {
+            headers.remove(name);
+        }
         headers.add(
             "x-envoy-expected-rq-timeout-ms",
             &self.settings.route_timeout_ms.to_string(),
@@ -755,7 +774,8 @@ fn final_response(
         .get(":status")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let mut client = Headers::from_pairs(&headers.without_pseudo());
+    let mut client = headers;
+    client.remove_pseudo();
     if !client.contains("date") {
         let now = abi::with_vm(|vm| vm.clock.now_nanos()).unwrap_or(0);
         client.add("date", &time::format_http_date(now));
@@ -763,7 +783,7 @@ fn final_response(
     client.set_in_place("server", "envoy");
     StreamResult {
         status,
-        headers: client.pairs().to_vec(),
+        headers: client.into_pairs(),
         body,
         trailers: Vec::new(),
         origin,
@@ -792,6 +812,7 @@ pub fn envoy_request_headers(
     request_id: &str,
 ) -> Headers {
     let mut h = Headers::request();
+    h.reserve(input.headers.len() + 9);
     h.add(":authority", &input.authority);
     h.add(":path", &normalize_path(&input.path));
     h.add(":method", &input.method.to_ascii_uppercase());
@@ -832,6 +853,11 @@ pub fn envoy_request_headers(
         h.add("x-envoy-external-address", &ip.to_string());
     }
     h.set("x-request-id", request_id);
+    // The header_mutation filter in front of tollgate (%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%,
+    // overwriting whatever the client sent).
+    if let (Some(name), Some(ip)) = (&settings.client_address_header, peer) {
+        h.set(name, &ip.to_string());
+    }
     h
 }
 
@@ -870,64 +896,54 @@ pub fn normalize_path(target: &str) -> String {
     p
 }
 
-fn stream_properties(
-    input: &StreamInput,
-    headers: &Headers,
-    settings: &HostSettings,
-    id: u32,
-    now: u64,
-    request_id: &str,
-) -> std::collections::HashMap<String, Vec<u8>> {
-    let port = |a: &str| {
-        a.rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<i64>().ok())
-            .unwrap_or(0)
-    };
-    let path = headers.get(":path").unwrap_or("/").to_string();
-    let url_path = path.split('?').next().unwrap_or("/").to_string();
-    let mut props: Vec<(&str, PropertyValue)> = vec![
-        ("source.address", PropertyValue::Str(input.source.clone())),
-        ("source.port", PropertyValue::Int(port(&input.source))),
-        (
-            "destination.address",
-            PropertyValue::Str(settings.listener_address.clone()),
-        ),
-        (
-            "destination.port",
-            PropertyValue::Int(port(&settings.listener_address)),
-        ),
-        ("connection.mtls", PropertyValue::Bool(false)),
-        ("connection.id", PropertyValue::Int(i64::from(id))),
-        ("request.path", PropertyValue::Str(path)),
-        ("request.url_path", PropertyValue::Str(url_path)),
-        ("request.host", PropertyValue::Str(input.authority.clone())),
-        ("request.scheme", PropertyValue::Str(input.scheme.clone())),
-        (
-            "request.method",
-            PropertyValue::Str(input.method.to_ascii_uppercase()),
-        ),
-        ("request.id", PropertyValue::Str(request_id.to_string())),
-        ("request.protocol", PropertyValue::Str("HTTP/1.1".into())),
-        (
-            "request.time",
-            PropertyValue::Int(i64::try_from(now).unwrap_or(i64::MAX)),
-        ),
-        (
-            "xds.route_name",
-            PropertyValue::Str(settings.route_name.clone()),
-        ),
-    ];
-    if let Some(ua) = headers.get("user-agent") {
-        props.push(("request.useragent", PropertyValue::Str(ua.to_string())));
+/// What a stream's properties are computed from, when the filter asks (most requests ask for
+/// none or one, so nothing is encoded up front).
+#[derive(Debug, Default)]
+pub(super) struct StreamFacts {
+    pub id: u32,
+    pub source: String,
+    pub authority: String,
+    pub scheme: String,
+    pub method: String,
+    pub path: String,
+    pub request_id: String,
+    pub start: u64,
+    pub user_agent: Option<String>,
+}
+
+fn port_of(address: &str) -> i64 {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
+impl StreamFacts {
+    /// A stream property by dotted path, encoded as Envoy encodes it.
+    pub(super) fn property(&self, path: &str, settings: &HostSettings) -> Option<Vec<u8>> {
+        let v = match path {
+            "source.address" => PropertyValue::Str(self.source.clone()),
+            "source.port" => PropertyValue::Int(port_of(&self.source)),
+            "destination.address" => PropertyValue::Str(settings.listener_address.clone()),
+            "destination.port" => PropertyValue::Int(port_of(&settings.listener_address)),
+            "connection.mtls" => PropertyValue::Bool(false),
+            "connection.id" => PropertyValue::Int(i64::from(self.id)),
+            "request.path" => PropertyValue::Str(self.path.clone()),
+            "request.url_path" => {
+                PropertyValue::Str(self.path.split('?').next().unwrap_or("/").to_string())
+            }
+            "request.host" => PropertyValue::Str(self.authority.clone()),
+            "request.scheme" => PropertyValue::Str(self.scheme.clone()),
+            "request.method" => PropertyValue::Str(self.method.clone()),
+            "request.id" => PropertyValue::Str(self.request_id.clone()),
+            "request.protocol" => PropertyValue::Str("HTTP/1.1".into()),
+            "request.time" => PropertyValue::Int(i64::try_from(self.start).unwrap_or(i64::MAX)),
+            "request.useragent" => PropertyValue::Str(self.user_agent.clone()?),
+            "xds.route_name" => PropertyValue::Str(settings.route_name.clone()),
+            _ => return None,
+        };
+        Some(v.encode())
     }
-    let mut map: std::collections::HashMap<String, Vec<u8>> = props
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.encode()))
-        .collect();
-    for (k, v) in &input.properties {
-        map.insert(k.clone(), v.encode());
-    }
-    map
 }
 
 #[cfg(test)]
@@ -967,7 +983,8 @@ mod tests {
                 "accept",
                 "x-forwarded-proto",
                 "x-envoy-external-address",
-                "x-request-id"
+                "x-request-id",
+                "x-tollgate-client-address"
             ]
         );
         assert_eq!(h.get("x-forwarded-for"), Some("1.2.3.4,192.0.2.2"));

@@ -381,6 +381,57 @@ fn check_body(prefix: &str, checks: &[BodyCheck], body: &[u8]) -> Vec<Check> {
         .collect()
 }
 
+fn header_holds(c: &HeaderCheck, headers: &[(String, String)]) -> bool {
+    let mut values = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(c.name()))
+        .map(|(_, v)| v.as_str());
+    match c {
+        HeaderCheck::Equals(_, want) => values.any(|v| v == want),
+        HeaderCheck::Present(_) => values.next().is_some(),
+        HeaderCheck::Absent(_) => values.next().is_none(),
+        HeaderCheck::Matches(_, r) => values.any(|v| r.is_match(v.as_bytes())),
+    }
+}
+
+fn body_holds(c: &BodyCheck, body: &[u8]) -> bool {
+    match c {
+        BodyCheck::Equals(e) => body == e.as_slice(),
+        BodyCheck::Contains(s) => String::from_utf8_lossy(body).contains(s.as_str()),
+        BodyCheck::JsonSubset(v) => {
+            serde_json::from_slice::<Value>(body).is_ok_and(|a| json_contains(&a, v))
+        }
+    }
+}
+
+/// Whether every checkable expectation holds: what [`check`] decides, without describing it
+/// (replaying the same exchanges many times only needs the details of failures).
+pub fn holds(expect: &Expect, obs: &Observed) -> bool {
+    if expect.status.is_some_and(|s| s != obs.status)
+        || !expect.headers.iter().all(|c| header_holds(c, &obs.headers))
+        || !expect.body.iter().all(|c| body_holds(c, &obs.body))
+    {
+        return false;
+    }
+    let (Some(b), Some(seen)) = (&expect.backend, &obs.backend) else {
+        return true;
+    };
+    match seen {
+        None => b.called == Some(false),
+        Some(seen) => {
+            b.called != Some(false)
+                && b.method.as_ref().is_none_or(|m| *m == seen.method)
+                && b.path.as_ref().is_none_or(|p| *p == seen.path)
+                && b.authority.as_ref().is_none_or(|a| *a == seen.authority)
+                && b.cluster
+                    .as_ref()
+                    .is_none_or(|c| seen.cluster.as_ref().is_none_or(|s| s == c))
+                && b.headers.iter().all(|c| header_holds(c, &seen.headers))
+                && b.body.iter().all(|c| body_holds(c, &seen.body))
+        }
+    }
+}
+
 /// Checks an observation against the expectations, one `Check` per condition.
 pub fn check(expect: &Expect, obs: &Observed) -> Vec<Check> {
     let mut out = Vec::new();
