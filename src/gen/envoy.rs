@@ -104,11 +104,21 @@ fn header(source: &str) -> String {
 pub fn key_secret_yaml(source: &str, s: &KeySecret) -> String {
     let m = &s.material;
     let mut out = header(source);
-    let _ = writeln!(
-        out,
-        "# Client certificate {} ({}).\n# Rotate by renaming new files into place (mv is atomic): Envoy watches the directory of\n# each file below and uses the new pair for new connections.",
-        s.origin, m.subject
-    );
+    let _ = writeln!(out, "# Client certificate {} ({}).", s.origin, m.subject);
+    match &m.converted_from {
+        Some(store) => {
+            let _ = writeln!(
+                out,
+                "# Converted from {store}: to rotate, replace that keystore and run tollgate-gen again;\n# it renames the new file into place and Envoy uses it for new connections."
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "# Rotate by renaming new files into place (mv is atomic): Envoy watches the directory of\n# each file below and uses the new pair for new connections."
+            );
+        }
+    }
     let _ = write!(
         out,
         "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: {}\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",

@@ -29,6 +29,8 @@ pub struct KeyMaterial {
     /// The leaf certificate's subject, for the generated file's comments and the summary.
     pub subject: String,
     pub not_after: i64,
+    /// The PKCS#12/JKS store this PEM file was converted from.
+    pub converted_from: Option<String>,
 }
 
 /// Trusted CAs as Envoy reads them.
@@ -109,6 +111,7 @@ pub fn keystore(
                 password: password.and(ks.password.clone()),
                 subject: info.subject,
                 not_after: info.not_after,
+                converted_from: None,
             })
         }
         StoreType::Pkcs12 | StoreType::Jks => {
@@ -180,6 +183,7 @@ pub fn keystore(
                 password: Some(password_source.clone()),
                 subject: info.subject,
                 not_after: info.not_after,
+                converted_from: Some(file.to_string()),
             })
         }
     }
