@@ -80,6 +80,49 @@ pub fn send(
     parse_response(&raw, method == "HEAD")
 }
 
+/// Like [`send`], but a gateway that answers before reading the whole request (a local reply
+/// to a POST) and closes the connection does not turn into an error: the request goes out in
+/// one write, and whatever response arrived is read even if writing or reading then fails.
+pub fn send_lenient(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    let sockaddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    let written = stream.write_all(&request);
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        written.map_err(|e| format!("send to {addr}: {e}"))?;
+        read.map_err(|e| format!("read from {addr}: {e}"))?;
+    }
+    parse_response(&raw, method == "HEAD")
+}
+
 /// Parses a complete HTTP/1.1 response (connection closed after it).
 pub fn parse_response(raw: &[u8], head_only: bool) -> Result<HttpResponse, String> {
     let split = raw

@@ -148,7 +148,15 @@ fn differences(ex: &Exchange, native: &Outcome, live: &Outcome) -> Vec<String> {
     let mut out = Vec::new();
     let (n, l) = (&native.observed, &live.observed);
     if n.status != l.status {
-        out.push(format!("status: native {}, Envoy {}", n.status, l.status));
+        out.push(format!(
+            "status: native {}, Envoy {}{}",
+            n.status,
+            l.status,
+            l.note
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        ));
     }
     compare_headers(
         "",
