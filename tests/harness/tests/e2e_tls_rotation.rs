@@ -26,13 +26,18 @@ struct Gateway {
 
 /// A backend requiring client certificates, and a gateway reaching it with `keystore` (YAML).
 fn gateway(dir: &Path, keystore: &str) -> Gateway {
+    gateway_with(dir, keystore, &p(dir, "ca.pem"), "orders")
+}
+
+/// The same, trusting the CAs in `truststore` and with the backend serving `server_cert`.
+fn gateway_with(dir: &Path, keystore: &str, truststore: &str, server_cert: &str) -> Gateway {
     let backend = Backend::start(
         "orders",
         &[
             "--cert",
-            &p(dir, "orders.pem"),
+            &p(dir, &format!("{server_cert}.pem")),
             "--key",
-            &p(dir, "orders.key"),
+            &p(dir, &format!("{server_cert}.key")),
             "--client-ca",
             &p(dir, "ca.pem"),
         ],
@@ -54,7 +59,7 @@ registry:
   - {{organizationId: t, apiId: orders, version: "1", publicAPI: true, endpoint: "https://orders.test:{port}/", connectTo: 127.0.0.1}}
 "#,
         wasm = live::wasm_path().unwrap().display(),
-        ca = p(dir, "ca.pem"),
+        ca = truststore,
         port = backend.port,
     );
     let def_path = dir.join("gateway.def.yaml");
@@ -236,4 +241,58 @@ fn rerunning_tollgate_gen_after_replacing_a_pkcs12_keystore_rotates_under_load()
         );
     });
     assert_no_failures(&all);
+}
+
+#[test]
+fn renaming_a_new_ca_bundle_into_place_rotates_the_truststore() {
+    if !live::tls_e2e_available() {
+        return;
+    }
+    let dir = certificates();
+    // The backend's certificate comes from a second CA the gateway does not trust yet.
+    live::certs(&dir, &["ca", "--name", "ca2", "--cn", "second CA"]).unwrap();
+    live::certs(
+        &dir,
+        &[
+            "server",
+            "--name",
+            "orders2",
+            "--san",
+            "DNS:orders.test",
+            "--ca",
+            "ca2",
+        ],
+    )
+    .unwrap();
+    let trust = dir.join("trust");
+    std::fs::create_dir_all(&trust).unwrap();
+    let bundle = trust.join("ca.pem");
+    std::fs::copy(dir.join("ca.pem"), &bundle).unwrap();
+    let gw = gateway_with(
+        &dir,
+        &format!(
+            "{{type: pem, cert: {}, key: {}}}",
+            p(&dir, "gateway-client.pem"),
+            p(&dir, "gateway-client.key")
+        ),
+        &bundle.display().to_string(),
+        "orders2",
+    );
+    let status = || gw.envoy.get("/t/orders/1/x", &[]).unwrap().status;
+    assert_eq!(
+        status(),
+        503,
+        "the second CA is trusted before the rotation"
+    );
+    // Both CAs during the changeover, as one would roll a CA.
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        std::fs::read_to_string(dir.join("ca2.pem")).unwrap()
+    );
+    let tmp = trust.join(".ca.pem.new");
+    std::fs::write(&tmp, both).unwrap();
+    std::fs::rename(&tmp, &bundle).unwrap();
+    let ok = live::wait_for(Duration::from_secs(10), || (status() == 200).then_some(()));
+    assert!(ok.is_some(), "the new truststore was not picked up");
 }
