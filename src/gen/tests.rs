@@ -426,3 +426,28 @@ fn a_jks_keystore_becomes_one_pem_file_with_the_key_still_encrypted() {
     assert!(again.written.is_empty(), "{:?}", again.written);
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn verify_false_is_noted_as_a_warning_in_the_generated_cluster() {
+    let out = std::env::temp_dir().join(format!("tollgate-gen-noverify-{}", std::process::id()));
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{keystore: gw}",
+        "{}",
+        &api("a", "endpoint: 'https://x.test/', tls: {verify: false}"),
+    );
+    let options = Options {
+        stores_dir: out.join("stores"),
+        out_dir: out.clone(),
+        check_only: false,
+    };
+    generate(&def, "test.yaml", &options).unwrap();
+    let yaml = std::fs::read_to_string(out.join("envoy.yaml")).unwrap();
+    let cluster = &yaml[yaml.find("- name: x-test_443_mtls_noverify_gw").unwrap() - 200..];
+    assert!(
+        cluster.contains("# WARNING: server certificate verification is OFF"),
+        "{cluster}"
+    );
+    assert!(!yaml.contains("validation_context"), "{yaml}");
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -277,7 +277,7 @@ fn two_apis_with_different_client_certificates_reach_two_backends_each_seeing_it
 }
 
 #[test]
-fn tls_is_at_least_1_2_with_sni_and_san_checks_in_every_generated_cluster() {
+fn generated_clusters_require_tls_1_2_send_sni_and_check_the_san() {
     if !live::tls_e2e_available() {
         return;
     }
