@@ -491,12 +491,52 @@ impl Filter {
         }
     }
 
-    fn body_of(buffer: BufferType, size: usize) -> Body {
-        Body {
-            bytes: abi::get_buffer(buffer as u32, 0, size).unwrap_or_default(),
-            modified: false,
+    /// Buffers a body until the end of the stream, then runs its phase once and writes back
+    /// what the policies changed.
+    fn on_body(&mut self, phase: BodyPhase, size: usize, end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let needed = match phase {
+            BodyPhase::Request => exchange.needs_request_body(),
+            BodyPhase::Response => exchange.needs_response_body(),
+        };
+        if !needed {
+            return Action::Continue;
         }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let buffer = match phase {
+            BodyPhase::Request => BufferType::HttpRequestBody,
+            BodyPhase::Response => BufferType::HttpResponseBody,
+        } as u32;
+        let mut body = Body {
+            bytes: abi::get_buffer(buffer, 0, size).unwrap_or_default(),
+            modified: false,
+        };
+        let step = match phase {
+            BodyPhase::Request => exchange.on_request_body(&mut body, &mut WasmHost),
+            BodyPhase::Response => exchange.on_response_body(&mut body, &mut WasmHost),
+        };
+        if let Step::Reply(reply) = step {
+            send(&reply);
+            return Action::Pause;
+        }
+        if body.modified {
+            let status = abi::set_buffer(buffer, 0, size, &body.bytes);
+            if status != abi::OK {
+                log::warn!("writing the changed body failed with status {status}");
+            }
+        }
+        Action::Continue
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BodyPhase {
+    Request,
+    Response,
 }
 
 fn dispatch(call: &CallOut) -> Result<(), u32> {
@@ -576,36 +616,10 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(exchange) = self.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        if !exchange.needs_request_body() {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let mut body = Filter::body_of(BufferType::HttpRequestBody, body_size);
-        match exchange.on_request_body(&mut body, &mut WasmHost) {
-            Step::Reply(reply) => {
-                send(&reply);
-                Action::Pause
-            }
-            _ => {
-                if body.modified {
-                    abi::set_buffer(
-                        BufferType::HttpRequestBody as u32,
-                        0,
-                        body_size,
-                        &body.bytes,
-                    );
-                }
-                Action::Continue
-            }
-        }
+        self.on_body(BodyPhase::Request, body_size, end_of_stream)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
@@ -625,45 +639,26 @@ impl HttpContext for Filter {
                 .unwrap_or(0),
             headers,
         };
-        let step = exchange.on_response_headers(&mut response, &mut WasmHost);
+        let mut step = exchange.on_response_headers(&mut response, &mut WasmHost);
+        if step == Step::Continue && end_of_stream && exchange.needs_response_body() {
+            // No body callback follows a bodiless response: run the body phase now.
+            step = exchange.on_response_body(&mut Body::default(), &mut WasmHost);
+        }
         write_headers(MapType::HttpResponseHeaders, response.headers.take_ops());
         match step {
             Step::Reply(reply) => {
                 send(&reply);
                 Action::Pause
             }
+            // A response-body policy may still refuse the response: hold the headers until it
+            // has seen the body, while a local reply can still replace them.
+            _ if exchange.needs_response_body() && !end_of_stream => Action::Pause,
             _ => Action::Continue,
         }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(exchange) = self.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        if !exchange.needs_response_body() {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let mut body = Filter::body_of(BufferType::HttpResponseBody, body_size);
-        match exchange.on_response_body(&mut body, &mut WasmHost) {
-            Step::Reply(reply) => {
-                send(&reply);
-                Action::Pause
-            }
-            _ => {
-                if body.modified {
-                    abi::set_buffer(
-                        BufferType::HttpResponseBody as u32,
-                        0,
-                        body_size,
-                        &body.bytes,
-                    );
-                }
-                Action::Continue
-            }
-        }
+        self.on_body(BodyPhase::Response, body_size, end_of_stream)
     }
 }
 

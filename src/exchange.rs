@@ -296,11 +296,16 @@ impl Exchange {
 
     /// Turns the request phase's verdict into a step; on success, routes to the backend.
     fn conclude_request(&mut self, verdict: Verdict, request: &mut Request) -> Step {
+        if matches!(verdict, Verdict::Continue) {
+            self.route(request);
+        }
+        self.conclude(verdict)
+    }
+
+    /// Turns a phase's verdict into a step: failures become Apiman's failure reply.
+    fn conclude(&mut self, verdict: Verdict) -> Step {
         match verdict {
-            Verdict::Continue => {
-                self.route(request);
-                Step::Continue
-            }
+            Verdict::Continue => Step::Continue,
             Verdict::CallOut(call) => Step::CallOut(call),
             Verdict::Fail(failure) => {
                 let xml = self.api().is_some_and(|a| a.xml);
@@ -391,15 +396,8 @@ impl Exchange {
             return Step::Continue;
         }
         let chain = self.chain.clone();
-        match self.run(&chain, Phase::RequestBody, host, Subject::Body(body)) {
-            Verdict::Continue => Step::Continue,
-            Verdict::CallOut(call) => Step::CallOut(call),
-            Verdict::Fail(failure) => {
-                let xml = self.api().is_some_and(|a| a.xml);
-                self.reply(errors::policy_failure_reply(&failure, xml))
-            }
-            Verdict::Reply(reply) => self.reply(reply),
-        }
+        let verdict = self.run(&chain, Phase::RequestBody, host, Subject::Body(body));
+        self.conclude(verdict)
     }
 
     /// Adds the headers policies asked for, then runs the response chain in reverse. When
@@ -423,15 +421,8 @@ impl Exchange {
             return Step::Continue;
         }
         let chain = self.chain.clone();
-        match self.run(&chain, Phase::Response, host, Subject::Response(response)) {
-            Verdict::Continue => Step::Continue,
-            Verdict::CallOut(call) => Step::CallOut(call),
-            Verdict::Fail(failure) => {
-                let xml = self.api().is_some_and(|a| a.xml);
-                self.reply(errors::policy_failure_reply(&failure, xml))
-            }
-            Verdict::Reply(reply) => self.reply(reply),
-        }
+        let verdict = self.run(&chain, Phase::Response, host, Subject::Response(response));
+        self.conclude(verdict)
     }
 
     pub fn on_response_body(&mut self, body: &mut Body, host: &mut dyn Host) -> Step {
@@ -439,14 +430,8 @@ impl Exchange {
             return Step::Continue;
         }
         let chain = self.chain.clone();
-        match self.run(&chain, Phase::ResponseBody, host, Subject::Body(body)) {
-            Verdict::Continue | Verdict::CallOut(_) => Step::Continue,
-            Verdict::Fail(failure) => {
-                let xml = self.api().is_some_and(|a| a.xml);
-                self.reply(errors::policy_failure_reply(&failure, xml))
-            }
-            Verdict::Reply(reply) => self.reply(reply),
-        }
+        let verdict = self.run(&chain, Phase::ResponseBody, host, Subject::Body(body));
+        self.conclude(verdict)
     }
 }
 
