@@ -623,7 +623,7 @@ impl HttpContext for Filter {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        if !exchange.needs_response_headers() {
+        if !exchange.needs_response_headers() && !exchange.needs_response_body() {
             return Action::Continue;
         }
         // Adding headers needs no read: one host call (and a guest allocation) saved.
