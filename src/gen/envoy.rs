@@ -92,6 +92,8 @@ pub struct Render<'a> {
     pub trusts: &'a [TrustSecret],
     /// The directory holding the SDS files, watched by Envoy.
     pub sds_dir: &'a str,
+    /// Cluster YAML appended as is (the test harness adds its own plain clusters).
+    pub extra_clusters: &'a str,
 }
 
 fn header(source: &str) -> String {
@@ -297,12 +299,13 @@ static_resources:
         rt = envoy_duration(r.route_timeout_ms),
         wasm = q(r.wasm),
     );
-    if r.clusters.is_empty() {
+    if r.clusters.is_empty() && r.extra_clusters.is_empty() {
         out.push_str("  []\n");
     }
     for c in r.clusters {
         cluster_yaml(&mut out, c, r);
     }
+    out.push_str(r.extra_clusters);
     out
 }
 

@@ -114,6 +114,7 @@ pub fn generate(
         keys: &plan.keys,
         trusts: &plan.trusts,
         sds_dir: &sds_dir_text,
+        extra_clusters: "",
     };
     let mut files: Vec<(PathBuf, String)> = vec![(
         options.out_dir.join("envoy.yaml"),

@@ -451,3 +451,62 @@ fn verify_false_is_noted_as_a_warning_in_the_generated_cluster() {
     assert!(!yaml.contains("validation_context"), "{yaml}");
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// The hand-written `envoy/gateway.yaml` and the generator's bootstrap are two copies of one
+/// design; this keeps their gateway settings from drifting apart.
+#[test]
+fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
+    let bundled =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/gateway.yaml"))
+            .unwrap();
+    let generated = envoy::bootstrap_yaml(&envoy::Render {
+        source: "test",
+        node: ("n", "c"),
+        admin: ("127.0.0.1", 9901),
+        listener: ("127.0.0.1", 10000),
+        wasm: "tollgate.wasm",
+        route_timeout_ms: 30_000,
+        cluster_header: "x-tollgate-cluster",
+        client_address_header: Some("x-tollgate-client-address"),
+        plugin_json: "{}",
+        clusters: &[],
+        keys: &[],
+        trusts: &[],
+        sds_dir: "sds",
+        extra_clusters: "",
+    });
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let bundled = lines(&bundled);
+    for setting in [
+        "use_remote_address: true",
+        "normalize_path: true",
+        "merge_slashes: true",
+        "cluster_header: x-tollgate-cluster",
+        "cluster_not_found_response_code: SERVICE_UNAVAILABLE",
+        "request_headers_to_remove: [x-tollgate-cluster, x-tollgate-client-address]",
+        "append_action: OVERWRITE_IF_EXISTS_OR_ADD",
+        "failure_policy: FAIL_RELOAD",
+        "allow_on_headers_stop_iteration: true",
+        "admin_config: {config_id: tollgate}",
+    ] {
+        assert!(
+            lines(&generated).iter().any(|l| l == setting),
+            "generator lacks {setting}"
+        );
+        assert!(
+            bundled.iter().any(|l| l == setting),
+            "envoy/gateway.yaml lacks {setting}"
+        );
+    }
+    for line in lines(&generated).iter().filter(|l| {
+        l.contains("x-gateway-error") || l.contains("json_format") || l.contains("flags: [")
+    }) {
+        assert!(bundled.contains(line), "envoy/gateway.yaml lacks: {line}");
+    }
+}

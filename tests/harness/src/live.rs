@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http_client::{self, HttpResponse};
+use tollgate::gen::envoy::Render;
 
 /// The repository root (this crate lives in `tests/harness`).
 pub fn repo_root() -> PathBuf {
@@ -354,118 +355,44 @@ impl Cluster {
     }
 }
 
-/// The gateway configuration the tests run: the same listener, route, error mapping and filter
-/// settings as `envoy/gateway.yaml`, with the given plugin configuration and clusters, on
-/// ports the OS picks.
+/// The gateway configuration the tests run: `tollgate-gen`'s bootstrap (the listener, route,
+/// error mapping and filter chain of `envoy/gateway.yaml`) with the given plugin configuration
+/// and clusters, on ports the OS picks.
 pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String, String> {
-    let wasm = wasm_path()?;
-    let indented: String = plugin_config
-        .lines()
-        .map(|l| format!("                    {l}\n"))
-        .collect();
-    let mut yaml = format!(
-        r#"node: {{id: tollgate-test, cluster: tollgate}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: gateway
-          use_remote_address: true
-          normalize_path: true
-          merge_slashes: true
-          route_config:
-            name: gateway
-            virtual_hosts:
-            - name: apis
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route:
-                  cluster_header: x-tollgate-cluster
-                  cluster_not_found_response_code: SERVICE_UNAVAILABLE
-                  timeout: 5s
-                request_headers_to_remove: [x-tollgate-cluster, x-tollgate-client-address]
-          local_reply_config:
-            mappers:
-            - filter: {{response_flag_filter: {{flags: [NC]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend cluster not found."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend unavailable."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UT]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend timed out."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
-                content_type: application/json
-          http_filters:
-          - name: envoy.filters.http.tap
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap
-              common_config:
-                admin_config: {{config_id: tollgate}}
-          - name: envoy.filters.http.header_mutation
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-              mutations:
-                request_mutations:
-                - append:
-                    header: {{key: x-tollgate-client-address, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}
-                    append_action: OVERWRITE_IF_EXISTS_OR_ADD
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: tollgate
-                root_id: tollgate
-                failure_policy: FAIL_RELOAD
-                allow_on_headers_stop_iteration: true
-                vm_config:
-                  vm_id: tollgate
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: "{wasm}"}}}}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: |
-{indented}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-"#,
-        wasm = wasm.display()
-    );
-    for c in clusters {
-        yaml.push_str(&format!(
-            r#"  - name: {name}
+    let wasm = wasm_path()?.display().to_string();
+    let extra: String = clusters
+        .iter()
+        .map(|c| {
+            format!(
+                r#"  - name: {name}
     type: STATIC
     connect_timeout: 2s
     load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
 {extra}"#,
-            name = c.name,
-            port = c.port,
-            extra = c.extra
-        ));
-    }
-    if clusters.is_empty() {
-        yaml.push_str("  []\n");
-    }
-    Ok(yaml)
+                name = c.name,
+                port = c.port,
+                extra = c.extra
+            )
+        })
+        .collect();
+    Ok(tollgate::gen::envoy::bootstrap_yaml(&Render {
+        source: "the test harness",
+        node: ("tollgate-test", "tollgate"),
+        admin: ("127.0.0.1", 0),
+        listener: ("127.0.0.1", 0),
+        wasm: &wasm,
+        route_timeout_ms: 5000,
+        cluster_header: "x-tollgate-cluster",
+        client_address_header: Some("x-tollgate-client-address"),
+        plugin_json: plugin_config,
+        clusters: &[],
+        keys: &[],
+        trusts: &[],
+        sds_dir: "",
+        extra_clusters: &extra,
+    }))
 }
 
 // ---- Upstream TLS: tollgate-gen, certificates and waiting on stats (tests/harness/tests/e2e_tls*.rs).
