@@ -29,6 +29,19 @@ ensure_envoy() {
   export TOLLGATE_ENVOY="$ENVOY"
 }
 
+# openssl (certificates) and keytool (JKS keystores), from Debian when missing.
+ensure_cert_tools() {
+  local missing=()
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v keytool >/dev/null || missing+=(default-jre-headless)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (Debian packages)"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
 build_wasm() {
   ensure_wasm_target
   say "building the filter (wasm32-wasip1, release)"
