@@ -422,6 +422,11 @@ impl Guest {
     /// Boots a VM on the current thread as Envoy does: the `main!` block, the root context,
     /// `proxy_on_vm_start`, then `proxy_on_configure` with the plugin configuration.
     fn boot(host: &Host, init: GuestInit, plugin_config: Vec<u8>) -> Result<Guest, HostError> {
+        // Natively all VMs share one process's statics (in Envoy each has its own memory), and
+        // the SDK's one-time logger setup in `set_log_level` panics if two first calls race.
+        // Booting one VM at a time keeps them apart.
+        static BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _booting = BOOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let size = plugin_config.len();
         let mut vm = abi::VmHost::new(
             host.settings.clone(),
