@@ -40,50 +40,10 @@ impl HttpResponse {
 }
 
 /// Sends one request to `addr` (`host:port`). `path` is the request target, e.g. `/a?b=1`.
-/// A `host` header is added unless given.
+/// A `host` header is added unless given. A gateway that answers before reading the whole
+/// request (a local reply to a POST) and closes the connection is not an error: the request
+/// goes out in one write, and whatever response arrived is read even if writing then fails.
 pub fn send(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> Result<HttpResponse, String> {
-    let sockaddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).ok();
-    stream.set_write_timeout(Some(timeout)).ok();
-    let mut head = format!("{method} {path} HTTP/1.1\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head.push_str(&format!("host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    head.push_str("connection: close\r\n\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body))
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    parse_response(&raw, method == "HEAD")
-}
-
-/// Like [`send`], but a gateway that answers before reading the whole request (a local reply
-/// to a POST) and closes the connection does not turn into an error: the request goes out in
-/// one write, and whatever response arrived is read even if writing or reading then fails.
-pub fn send_lenient(
     addr: &str,
     method: &str,
     path: &str,

@@ -567,7 +567,7 @@ pub fn send_live(addr: &str, ex: &Exchange) -> Result<http_client::HttpResponse,
         .collect();
     headers.insert(0, ("host", ex.request.authority.as_str()));
     let body: Vec<u8> = ex.request.body.concat();
-    http_client::send_lenient(
+    http_client::send(
         addr,
         &ex.request.method,
         &ex.request.path,
