@@ -146,10 +146,6 @@ impl Exchange {
         }
     }
 
-    pub fn registry(&self) -> &Rc<Registry> {
-        &self.registry
-    }
-
     fn reply(&mut self, mut reply: LocalReply) -> Step {
         reply.decorate(&self.state.response_headers);
         self.replied = true;
@@ -384,11 +380,6 @@ impl Exchange {
     /// Whether the response body must be buffered and passed to `on_response_body`.
     pub fn needs_response_body(&self) -> bool {
         !self.replied && self.chain.needs(Phases::RESPONSE_BODY)
-    }
-
-    /// Whether a call-out is pending.
-    pub fn is_waiting(&self) -> bool {
-        self.cursor.is_waiting()
     }
 
     pub fn on_request_body(&mut self, body: &mut Body, host: &mut dyn Host) -> Step {

@@ -156,6 +156,23 @@ impl Backend {
     pub fn echo(name: &str) -> Result<Backend, String> {
         Backend::start(name, &[])
     }
+
+    /// A TLS-only echo backend serving `dir/<cert>.pem` and `.key` and requiring a client
+    /// certificate signed by `dir/ca.pem` (the layout scripts/certs writes).
+    pub fn mtls(name: &str, dir: &Path, cert: &str) -> Result<Backend, String> {
+        let file = |f: String| dir.join(f).display().to_string();
+        Backend::start(
+            name,
+            &[
+                "--cert",
+                &file(format!("{cert}.pem")),
+                "--key",
+                &file(format!("{cert}.key")),
+                "--client-ca",
+                &file("ca.pem".to_string()),
+            ],
+        )
+    }
 }
 
 /// A running Envoy.
@@ -515,17 +532,5 @@ pub fn demo_certs() -> Result<PathBuf, String> {
 
 /// The demo backend as scripts/demo runs it: TLS only, requiring the demo client certificate.
 pub fn demo_backend() -> Result<Backend, String> {
-    let dir = demo_certs()?;
-    let file = |name: &str| dir.join(name).display().to_string();
-    Backend::start(
-        "demo-backend",
-        &[
-            "--cert",
-            &file("demo-backend.pem"),
-            "--key",
-            &file("demo-backend.key"),
-            "--client-ca",
-            &file("ca.pem"),
-        ],
-    )
+    Backend::mtls("demo-backend", &demo_certs()?, "demo-backend")
 }

@@ -32,18 +32,7 @@ fn p(dir: &Path, file: &str) -> String {
 }
 
 fn tls_backend(name: &str, dir: &Path, cert: &str) -> Backend {
-    Backend::start(
-        name,
-        &[
-            "--cert",
-            &p(dir, &format!("{cert}.pem")),
-            "--key",
-            &p(dir, &format!("{cert}.key")),
-            "--client-ca",
-            &p(dir, "ca.pem"),
-        ],
-    )
-    .unwrap()
+    Backend::mtls(name, dir, cert).unwrap()
 }
 
 fn world() -> &'static World {

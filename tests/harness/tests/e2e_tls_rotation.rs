@@ -31,18 +31,7 @@ fn gateway(dir: &Path, keystore: &str) -> Gateway {
 
 /// The same, trusting the CAs in `truststore` and with the backend serving `server_cert`.
 fn gateway_with(dir: &Path, keystore: &str, truststore: &str, server_cert: &str) -> Gateway {
-    let backend = Backend::start(
-        "orders",
-        &[
-            "--cert",
-            &p(dir, &format!("{server_cert}.pem")),
-            "--key",
-            &p(dir, &format!("{server_cert}.key")),
-            "--client-ca",
-            &p(dir, "ca.pem"),
-        ],
-    )
-    .unwrap();
+    let backend = Backend::mtls("orders", dir, server_cert).unwrap();
     let definition = format!(
         r#"
 wasm: {wasm}

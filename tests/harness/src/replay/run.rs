@@ -353,6 +353,29 @@ struct Tally {
 }
 
 impl Tally {
+    /// The suite's result, once every round is judged.
+    fn into_run(
+        self,
+        suite: &Suite,
+        opts: &Options,
+        elapsed: Duration,
+        warnings: Vec<String>,
+        target: String,
+    ) -> SuiteRun {
+        SuiteRun {
+            name: suite.name.clone(),
+            file: suite.file.display().to_string(),
+            outcomes: self.outcomes,
+            rounds: opts.repeat.max(1),
+            passed: self.passed,
+            failed: self.failed,
+            skipped: self.skipped,
+            elapsed,
+            warnings,
+            target,
+        }
+    }
+
     fn new() -> Tally {
         Tally {
             outcomes: Vec::new(),
@@ -513,21 +536,11 @@ pub fn native(suite: &Suite, opts: &Options) -> Result<SuiteRun, RunError> {
         }
     }
     let elapsed = started.elapsed();
-    Ok(SuiteRun {
-        name: suite.name.clone(),
-        file: suite.file.display().to_string(),
-        outcomes: tally.outcomes,
-        rounds: opts.repeat.max(1),
-        passed: tally.passed,
-        failed: tally.failed,
-        skipped: tally.skipped,
-        elapsed,
-        warnings,
-        target: format!(
-            "native, {workers} worker{}",
-            if workers == 1 { "" } else { "s" }
-        ),
-    })
+    let target = format!(
+        "native, {workers} worker{}",
+        if workers == 1 { "" } else { "s" }
+    );
+    Ok(tally.into_run(suite, opts, elapsed, warnings, target))
 }
 
 /// `http://host:port` (or `host:port`) as a socket address for the HTTP client.
@@ -636,18 +649,8 @@ pub fn live(
             );
         }
     }
-    Ok(SuiteRun {
-        name: suite.name.clone(),
-        file: suite.file.display().to_string(),
-        outcomes: tally.outcomes,
-        rounds: opts.repeat.max(1),
-        passed: tally.passed,
-        failed: tally.failed,
-        skipped: tally.skipped,
-        elapsed: started.elapsed(),
-        warnings: suite.warnings.clone(),
-        target: addr,
-    })
+    let elapsed = started.elapsed();
+    Ok(tally.into_run(suite, opts, elapsed, suite.warnings.clone(), addr))
 }
 
 /// Every cluster a configuration may route to (for the replay backend of a live gateway).
