@@ -212,10 +212,19 @@ impl Envoy {
             .map_err(|e| format!("starting Envoy: {e}"))?;
         let mut process = Process::new(child, "envoy");
         let deadline = Instant::now() + START_TIMEOUT;
+        // The admin address file is re-read on every try: Envoy may not have finished writing
+        // it when it first appears, and a half-written port would be polled forever.
         let admin = loop {
-            if let Ok(text) = fs::read_to_string(&admin_file) {
-                if !text.trim().is_empty() {
-                    break text.trim().to_string();
+            let address = fs::read_to_string(&admin_file)
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default();
+            if !address.is_empty() {
+                if let Ok(r) =
+                    http_client::send(&address, "GET", "/ready", &[], b"", Duration::from_secs(2))
+                {
+                    if r.status == 200 {
+                        break address;
+                    }
                 }
             }
             if let Ok(Some(status)) = process.child.try_wait() {
@@ -226,25 +235,12 @@ impl Envoy {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "Envoy not ready within {START_TIMEOUT:?}:\n{}",
+                    "Envoy not ready within {START_TIMEOUT:?} (admin address {address:?}):\n{}",
                     tail(&dir.join("envoy.log"), 40)
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let envoy_ready = loop {
-            match http_client::send(&admin, "GET", "/ready", &[], b"", Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => break true,
-                _ if Instant::now() > deadline => break false,
-                _ => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        if !envoy_ready {
-            return Err(format!(
-                "Envoy admin never reported ready:\n{}",
-                tail(&dir.join("envoy.log"), 40)
-            ));
-        }
         let listeners = http_client::send(
             &admin,
             "GET",
