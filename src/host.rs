@@ -29,6 +29,14 @@ pub trait Host {
 /// How often a read-modify-write of shared data is retried before giving up (Istio uses 20).
 pub const CAS_RETRIES: usize = 20;
 
+/// The CAS token used to create a key. Envoy treats `cas == 0` as an unconditional write, so
+/// two workers that both found a key absent and both wrote it with 0 would both succeed and one
+/// update would be lost (worse: a slow writer can reset a counter others have advanced since).
+/// A write to a *new* key ignores the token, while a write to a key that now exists with any
+/// other token fails with `CasMismatch`: so a create uses a token no live key holds (the host's
+/// counter reaches it once per 2^32 writes, and only a racing creator could then collide).
+pub const CREATE_CAS: u32 = u32::MAX;
+
 /// Read-modify-write of one shared value with a bounded CAS retry loop. `update` gets the current
 /// value (if any) and returns the new value and a result to hand back.
 pub fn update_shared<T>(
@@ -40,7 +48,7 @@ pub fn update_shared<T>(
         let current = host.shared_get(key);
         let (value, cas) = match &current {
             Some((v, cas)) => (Some(v.as_slice()), *cas),
-            None => (None, 0),
+            None => (None, CREATE_CAS),
         };
         let (next, result) = update(value);
         match host.shared_set(key, &next, cas) {
@@ -140,6 +148,18 @@ mod tests {
             host.shared_set("k", b"3", cas),
             Err(SharedError::CasMismatch)
         );
+    }
+
+    #[test]
+    fn creating_a_key_that_another_worker_created_meanwhile_is_refused() {
+        let mut host = MemoryHost::default();
+        // Both workers found the key absent; the other one wrote first.
+        host.shared_set("k", b"theirs", CREATE_CAS).unwrap();
+        assert_eq!(
+            host.shared_set("k", b"mine", CREATE_CAS),
+            Err(SharedError::CasMismatch)
+        );
+        assert_eq!(host.shared_get("k").unwrap().0, b"theirs");
     }
 
     #[test]
