@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::exchange::{Exchange, Step};
-use crate::host::{Host, SharedError};
-use crate::http::{HeaderMap, HeaderOp, LocalReply, Request, Response};
-use crate::policy::{Body, CallOut, CallResponse};
-use crate::registry::Registry;
+use tollgate_core::exchange::{Exchange, Step};
+use tollgate_core::host::{Host, SharedError};
+use tollgate_core::http::{HeaderMap, HeaderOp, LocalReply, Request, Response};
+use tollgate_core::policy::{Body, CallOut, CallResponse};
+use tollgate_core::registry::Registry;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
@@ -394,7 +394,7 @@ impl RootContext for Root {
         init_logging();
         let config = abi::get_buffer(BufferType::PluginConfiguration as u32, 0, usize::MAX)
             .unwrap_or_default();
-        match crate::load(&config) {
+        match tollgate_core::load(&config) {
             Ok(loaded) => {
                 log_warnings_once(&config, &loaded.warnings);
                 log::debug!(
@@ -434,7 +434,7 @@ fn log_warnings_once(config: &[u8], warnings: &[String]) {
     if warnings.is_empty() {
         return;
     }
-    let digest = crate::registry::key_digest(&String::from_utf8_lossy(config));
+    let digest = tollgate_core::registry::key_digest(&String::from_utf8_lossy(config));
     let key = format!(
         "tollgate.config-warned.{}",
         digest[..8]
@@ -480,7 +480,7 @@ impl Filter {
                         "tollgate: call-out to cluster {} failed to start (status {status})",
                         call.cluster
                     );
-                    send(&crate::errors::gateway_error_reply(
+                    send(&tollgate_core::errors::gateway_error_reply(
                         503,
                         &format!("A policy could not reach {}.", call.cluster),
                         false,
@@ -594,7 +594,7 @@ impl Context for Filter {
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(exchange) = self.exchange.as_mut() else {
-            send(&crate::errors::gateway_error_reply(
+            send(&tollgate_core::errors::gateway_error_reply(
                 503,
                 "Gateway not configured.",
                 false,

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::definition::{parse_duration, Definition, EndpointAlias, TlsSettings};
 use super::{envoy, stores};
-use crate::config::Endpoint;
+use tollgate_core::config::Endpoint;
 
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 600_000;

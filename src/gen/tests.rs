@@ -12,7 +12,7 @@ fn certs() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("tollgate-gen-tests-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/certs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/certs");
         let run = |args: &[&str]| {
             let out = Command::new(&script)
                 .args(args)
@@ -456,9 +456,10 @@ fn verify_false_is_noted_as_a_warning_in_the_generated_cluster() {
 /// design; this keeps their gateway settings from drifting apart.
 #[test]
 fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
-    let bundled =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/gateway.yaml"))
-            .unwrap();
+    let bundled = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../envoy/gateway.yaml"),
+    )
+    .unwrap();
     let generated = envoy::bootstrap_yaml(&envoy::Render {
         source: "test",
         node: ("n", "c"),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http_client::{self, HttpResponse};
-use tollgate::gen::envoy::Render;
+use tollgate_gen::envoy::Render;
 
 /// The repository root (this crate lives in `tests/harness`).
 pub fn repo_root() -> PathBuf {
@@ -390,7 +390,7 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
             )
         })
         .collect();
-    Ok(tollgate::gen::envoy::bootstrap_yaml(&Render {
+    Ok(tollgate_gen::envoy::bootstrap_yaml(&Render {
         source: "the test harness",
         node: ("tollgate-test", "tollgate"),
         admin: ("127.0.0.1", 0),
@@ -411,7 +411,7 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
 // ---- Upstream TLS: tollgate-gen, certificates and waiting on stats (tests/harness/tests/e2e_tls*.rs).
 
 /// tollgate-gen: `$TOLLGATE_GEN`, else `target/debug/tollgate-gen`
-/// (`cargo build -p tollgate --features gen --bin tollgate-gen`; scripts/test builds it).
+/// (`cargo build -p tollgate-gen`; scripts/test builds it).
 pub fn gen_binary() -> Result<PathBuf, String> {
     let p = std::env::var("TOLLGATE_GEN")
         .map(PathBuf::from)
@@ -420,7 +420,7 @@ pub fn gen_binary() -> Result<PathBuf, String> {
         Ok(p)
     } else {
         Err(format!(
-            "{} not found (cargo build -p tollgate --features gen --bin tollgate-gen)",
+            "{} not found (cargo build -p tollgate-gen)",
             p.display()
         ))
     }

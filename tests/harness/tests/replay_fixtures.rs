@@ -82,7 +82,7 @@ fn every_policy_tollgate_has_is_exercised_by_a_fixture() {
             policy_names(&serde_json::from_slice(&c.plugin).unwrap(), &mut used);
         }
     }
-    let missing: Vec<&str> = tollgate::policy::KINDS
+    let missing: Vec<&str> = tollgate_core::policy::KINDS
         .iter()
         .filter(|k| {
             !used

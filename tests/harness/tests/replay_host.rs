@@ -163,7 +163,7 @@ impl HttpContext for Counter {
                 + 1;
             // An absent key is created with a token no live key holds: with `None` (0) the
             // write would be unconditional and could reset what other workers counted since.
-            let cas = cas.or(Some(tollgate::host::CREATE_CAS));
+            let cas = cas.or(Some(tollgate_core::host::CREATE_CAS));
             match self.set_shared_data("counter", Some(n.to_string().as_bytes()), cas) {
                 Ok(()) => {
                     self.set_http_request_header("x-tollgate-cluster", Some("c"));

@@ -797,7 +797,7 @@ fn final_response(
 }
 
 fn peer_ip(source: &str) -> Option<IpAddr> {
-    tollgate::client_ip::parse_socket_address(source)
+    tollgate_core::client_ip::parse_socket_address(source)
 }
 
 /// The request headers as Envoy's connection manager hands them to the first filter, with the

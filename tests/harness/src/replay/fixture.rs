@@ -85,7 +85,7 @@ pub fn clusters_of(plugin: &[u8]) -> BTreeSet<String> {
         if let Some(c) = api["cluster"].as_str() {
             out.insert(c.to_string());
         } else if let Some(url) = api["endpoint"].as_str() {
-            if let Ok(e) = tollgate::config::Endpoint::parse(url) {
+            if let Ok(e) = tollgate_core::config::Endpoint::parse(url) {
                 out.insert(e.default_cluster());
             }
         }
@@ -220,7 +220,7 @@ fn exchange(v: &Value, at: &str) -> Result<Exchange, Problem> {
         .ok_or_else(|| problem(&o.at("request"), "is required"))?;
     let mut request = request(req_value, &o.at("request"))?;
     if let Some(s) = o.string("source")? {
-        if tollgate::client_ip::parse_socket_address(s).is_none() {
+        if tollgate_core::client_ip::parse_socket_address(s).is_none() {
             return Err(problem(
                 &o.at("source"),
                 format!("\"{s}\" is not an address like 127.0.0.1:40000"),

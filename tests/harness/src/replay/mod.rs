@@ -116,7 +116,7 @@ impl Exchange {
     /// Whether a live Envoy can reproduce this exchange: it always sees 127.0.0.1 as the peer
     /// and sets properties itself.
     pub fn live_reproducible(&self) -> Result<(), String> {
-        let loopback = tollgate::client_ip::parse_socket_address(&self.request.source)
+        let loopback = tollgate_core::client_ip::parse_socket_address(&self.request.source)
             .is_some_and(|ip| ip.is_loopback());
         if !loopback {
             return Err(format!(

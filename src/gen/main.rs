@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tollgate::gen::{generate_file, Options};
+use tollgate_gen::{generate_file, Options};
 
 const USAGE: &str = "\
 tollgate-gen: gateway definition (YAML) -> Envoy bootstrap + file-SDS secrets

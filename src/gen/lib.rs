@@ -1,6 +1,6 @@
 //! tollgate-gen: one gateway definition (YAML) -> the Envoy bootstrap with the tollgate filter,
 //! one cluster per distinct (endpoint, TLS profile) with `UpstreamTlsContext`, and the file-SDS
-//! secrets those clusters read. Native only (feature `gen`); never part of the wasm filter.
+//! secrets those clusters read. Native only; never part of the wasm filter.
 //!
 //! TLS settings resolve per API, most specific first: the API's `tls`, then its endpoint
 //! alias, then `outbound` (the global default). Verification is on unless `verify: false` is
@@ -67,7 +67,7 @@ pub fn generate(
 
     // The filter's own loader checks the registry as Envoy will.
     let plugin_json = serde_json::to_string_pretty(&resolution.registry).unwrap_or_default();
-    match crate::load(plugin_json.as_bytes()) {
+    match tollgate_core::load(plugin_json.as_bytes()) {
         Ok(loaded) => findings
             .warnings
             .extend(loaded.warnings.into_iter().map(|w| format!("registry.{w}"))),
