@@ -4,6 +4,15 @@
 //! host calls as possible: one call reads the request headers, one call per changed header
 //! writes them back, and the response headers are read only when a policy needs them.
 //!
+//! Nothing moves on while a decision is pending. A call-out (in any phase) pauses its direction
+//! of the stream: body chunks and trailers that arrive meanwhile are held too (Envoy buffers
+//! them), as Envoy's own `jwt_authn` holds data while its key set is fetched. When the answer
+//! comes, the phase that made the call finishes (and the body phase runs, if the body is
+//! already complete) before the stream is resumed. A chain with a whole-body policy holds the
+//! headers until the body has been seen, so a body policy can still refuse before the backend
+//! is reached. This needs `allow_on_headers_stop_iteration: true` (the bundled configs set it):
+//! without it Envoy stops delivering the body while the headers are paused.
+//!
 //! Host calls on the request path go through the small `abi` module below rather than the SDK's
 //! wrappers: the SDK panics on any status it does not expect, and a panic kills the VM (every
 //! later request on that worker fails until Envoy reloads it). Here an unexpected status is
@@ -17,8 +26,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use tollgate_core::exchange::{Exchange, Step};
 use tollgate_core::host::{Host, SharedError};
-use tollgate_core::http::{HeaderMap, HeaderOp, LocalReply, Request, Response};
-use tollgate_core::policy::{Body, CallOut, CallResponse};
+use tollgate_core::http::{HeaderMap, HeaderOp, LocalReply};
+use tollgate_core::policy::{Body, CallOut, CallResponse, Phase};
 use tollgate_core::registry::Registry;
 
 proxy_wasm::main! {{
@@ -250,6 +259,7 @@ mod abi {
 }
 
 const STREAM_REQUEST: u32 = 0;
+const STREAM_RESPONSE: u32 = 1;
 
 /// Serializes header pairs in the proxy-wasm map format.
 pub fn serialize_map(pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -377,6 +387,9 @@ fn init_logging() {
     proxy_wasm::set_log_level(level);
 }
 
+/// How often policies with periodic work (sweeping counters) get their tick.
+const TICK: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Root {
     registry: Option<Rc<Registry>>,
@@ -394,7 +407,9 @@ impl RootContext for Root {
         init_logging();
         let config = abi::get_buffer(BufferType::PluginConfiguration as u32, 0, usize::MAX)
             .unwrap_or_default();
-        match tollgate_core::load(&config) {
+        // The VM's environment is Envoy's `vm_config.environment_variables` (WASI environ).
+        let env = |name: &str| std::env::var(name).ok();
+        match tollgate_core::load(&config, &env) {
             Ok(loaded) => {
                 log_warnings_once(&config, &loaded.warnings);
                 log::debug!(
@@ -402,6 +417,9 @@ impl RootContext for Root {
                     loaded.registry.apis().len(),
                     loaded.registry.clients().len()
                 );
+                if !loaded.registry.tickers().is_empty() {
+                    self.set_tick_period(TICK);
+                }
                 self.registry = Some(Rc::new(loaded.registry));
                 true
             }
@@ -417,10 +435,22 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let now = WasmHost.now();
+        for policy in registry.tickers() {
+            policy.on_tick(&mut WasmHost, now);
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
             exchange: self.registry.clone().map(Exchange::new),
-            pending: None,
+            waiting: None,
+            request: Direction::default(),
+            response: Direction::default(),
         }))
     }
 
@@ -442,7 +472,9 @@ fn log_warnings_once(config: &[u8], warnings: &[String]) {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    if abi::get_shared(&key).is_some() || abi::set_shared(&key, b"1", 0) != abi::OK {
+    if abi::get_shared(&key).is_some()
+        || abi::set_shared(&key, b"1", tollgate_core::host::CREATE_CAS) != abi::OK
+    {
         return;
     }
     for w in warnings {
@@ -450,96 +482,299 @@ fn log_warnings_once(config: &[u8], warnings: &[String]) {
     }
 }
 
-/// Which stream a pending call-out has paused.
+/// Request or response: the two directions of a stream, each with its own callbacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Paused {
-    RequestHeaders,
-}
-
-struct Filter {
-    exchange: Option<Exchange>,
-    pending: Option<Paused>,
-}
-
-impl Filter {
-    /// Carries out a step taken in the request-headers phase.
-    fn act_on_request(&mut self, step: Step) -> Action {
-        match step {
-            Step::Continue => Action::Continue,
-            Step::Reply(reply) => {
-                send(&reply);
-                Action::Pause
-            }
-            Step::CallOut(call) => match dispatch(&call) {
-                Ok(()) => {
-                    self.pending = Some(Paused::RequestHeaders);
-                    Action::Pause
-                }
-                Err(status) => {
-                    log::error!(
-                        "tollgate: call-out to cluster {} failed to start (status {status})",
-                        call.cluster
-                    );
-                    send(&tollgate_core::errors::gateway_error_reply(
-                        503,
-                        &format!("A policy could not reach {}.", call.cluster),
-                        false,
-                    ));
-                    Action::Pause
-                }
-            },
-        }
-    }
-
-    /// Buffers a body until the end of the stream, then runs its phase once and writes back
-    /// what the policies changed.
-    fn on_body(&mut self, phase: BodyPhase, size: usize, end_of_stream: bool) -> Action {
-        let Some(exchange) = self.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        let needed = match phase {
-            BodyPhase::Request => exchange.needs_request_body(),
-            BodyPhase::Response => exchange.needs_response_body(),
-        };
-        if !needed {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let buffer = match phase {
-            BodyPhase::Request => BufferType::HttpRequestBody,
-            BodyPhase::Response => BufferType::HttpResponseBody,
-        } as u32;
-        let mut body = Body {
-            bytes: abi::get_buffer(buffer, 0, size).unwrap_or_default(),
-            modified: false,
-        };
-        let step = match phase {
-            BodyPhase::Request => exchange.on_request_body(&mut body, &mut WasmHost),
-            BodyPhase::Response => exchange.on_response_body(&mut body, &mut WasmHost),
-        };
-        if let Step::Reply(reply) = step {
-            send(&reply);
-            return Action::Pause;
-        }
-        if body.modified {
-            let status = abi::set_buffer(buffer, 0, size, &body.bytes);
-            if status != abi::OK {
-                log::warn!("writing the changed body failed with status {status}");
-            }
-        }
-        Action::Continue
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum BodyPhase {
+enum Dir {
     Request,
     Response,
 }
 
-fn dispatch(call: &CallOut) -> Result<(), u32> {
+impl Dir {
+    fn of(phase: Phase) -> Dir {
+        if phase.is_request() {
+            Dir::Request
+        } else {
+            Dir::Response
+        }
+    }
+
+    fn headers(self) -> MapType {
+        match self {
+            Dir::Request => MapType::HttpRequestHeaders,
+            Dir::Response => MapType::HttpResponseHeaders,
+        }
+    }
+
+    fn buffer(self) -> BufferType {
+        match self {
+            Dir::Request => BufferType::HttpRequestBody,
+            Dir::Response => BufferType::HttpResponseBody,
+        }
+    }
+
+    fn stream(self) -> u32 {
+        match self {
+            Dir::Request => STREAM_REQUEST,
+            Dir::Response => STREAM_RESPONSE,
+        }
+    }
+
+    fn body_phase(self) -> Phase {
+        match self {
+            Dir::Request => Phase::RequestBody,
+            Dir::Response => Phase::ResponseBody,
+        }
+    }
+
+    fn data_phase(self) -> Phase {
+        match self {
+            Dir::Request => Phase::RequestData,
+            Dir::Response => Phase::ResponseData,
+        }
+    }
+}
+
+/// What the adapter knows about one direction of the stream.
+#[derive(Debug, Default)]
+struct Direction {
+    /// The headers callback returned Pause and the stream has not been resumed since.
+    held: bool,
+    /// End of stream seen (in the headers, a body or the trailers callback).
+    ended: bool,
+    /// The last body callback returned Pause: Envoy keeps the data buffered, and the next
+    /// callback's size is the whole buffer.
+    buffering: bool,
+    /// The buffer's size at the last body callback.
+    buffered: usize,
+    /// The whole-body phase has run.
+    body_done: bool,
+}
+
+/// How many call-outs in a row a phase may start whose dispatch fails at once (each failure
+/// is handed to the policy, which may try another): beyond this the request is refused.
+const DISPATCH_ATTEMPTS: usize = 4;
+
+struct Filter {
+    exchange: Option<Exchange>,
+    /// The token of the call-out the stream waits for, and the direction it holds.
+    waiting: Option<(u32, Dir)>,
+    request: Direction,
+    response: Direction,
+}
+
+impl Filter {
+    fn direction(&mut self, dir: Dir) -> &mut Direction {
+        match dir {
+            Dir::Request => &mut self.request,
+            Dir::Response => &mut self.response,
+        }
+    }
+
+    /// Writes back what the exchange changed in `dir`'s headers and body.
+    fn write_back(&mut self, dir: Dir) {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        let ops = match dir {
+            Dir::Request => exchange.take_request_ops(),
+            Dir::Response => exchange.take_response_ops(),
+        };
+        write_headers(dir.headers(), ops);
+        if let Some(bytes) = exchange.take_changed_body() {
+            let size = self.direction(dir).buffered;
+            let status = abi::set_buffer(dir.buffer() as u32, 0, size, &bytes);
+            if status != abi::OK {
+                log::warn!("tollgate: writing the changed body failed with status {status}");
+            }
+        }
+    }
+
+    /// Carries out a step taken in `dir`: Continue, a local reply, or a call-out to dispatch
+    /// (whose failure to start is handed back to the policy at once). Returns what the
+    /// callback should tell Envoy; `Pause` leaves the direction held.
+    fn act(&mut self, dir: Dir, mut step: Step) -> Action {
+        for _ in 0..DISPATCH_ATTEMPTS {
+            match step {
+                Step::Continue => return Action::Continue,
+                Step::Reply(reply) => {
+                    send(&reply);
+                    return Action::Pause;
+                }
+                Step::CallOut(call) => match dispatch(&call) {
+                    Ok(token) => {
+                        if let Some(exchange) = self.exchange.as_mut() {
+                            exchange.call_dispatched(token);
+                        }
+                        let dir = self
+                            .exchange
+                            .as_ref()
+                            .and_then(Exchange::waiting)
+                            .map_or(dir, Dir::of);
+                        self.waiting = Some((token, dir));
+                        self.direction(dir).held = true;
+                        return Action::Pause;
+                    }
+                    Err(status) => {
+                        log::warn!(
+                            "tollgate: call-out to cluster {} could not be sent (status {status})",
+                            call.cluster
+                        );
+                        let Some(exchange) = self.exchange.as_mut() else {
+                            return Action::Continue;
+                        };
+                        let no_answer = CallResponse {
+                            cluster: call.cluster.clone(),
+                            ..CallResponse::default()
+                        };
+                        step = exchange.on_call_response(None, no_answer, &mut WasmHost);
+                        self.write_back(dir);
+                    }
+                },
+            }
+        }
+        send(&tollgate_core::errors::gateway_error_reply(
+            503,
+            "A policy could not reach the services it needs.",
+            false,
+        ));
+        Action::Pause
+    }
+
+    /// The direction's phase after its headers: hold for the whole body if a policy needs it,
+    /// else let it go.
+    fn after_headers(&mut self, dir: Dir, action: Action) -> Action {
+        if action == Action::Pause {
+            self.direction(dir).held = true;
+            return Action::Pause;
+        }
+        let needs_body = self
+            .exchange
+            .as_ref()
+            .is_some_and(|e| e.needs(dir.body_phase()));
+        if !needs_body {
+            self.direction(dir).held = false;
+            return Action::Continue;
+        }
+        if self.direction(dir).ended {
+            // Envoy calls no body callback for a bodiless message: run the body phase now.
+            let action = self.body_phase(dir, Vec::new());
+            return self.after_body(dir, action);
+        }
+        self.direction(dir).held = true;
+        Action::Pause
+    }
+
+    /// Runs the whole-body phase on `bytes`.
+    fn body_phase(&mut self, dir: Dir, bytes: Vec<u8>) -> Action {
+        self.direction(dir).body_done = true;
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let step = match dir {
+            Dir::Request => exchange.on_request_body(Body::new(bytes), &mut WasmHost),
+            Dir::Response => exchange.on_response_body(Body::new(bytes), &mut WasmHost),
+        };
+        self.write_back(dir);
+        self.act(dir, step)
+    }
+
+    fn after_body(&mut self, dir: Dir, action: Action) -> Action {
+        if action == Action::Continue {
+            self.direction(dir).held = false;
+        }
+        action
+    }
+
+    /// One body callback of `dir`.
+    fn on_body(&mut self, dir: Dir, size: usize, end_of_stream: bool) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let d = match dir {
+            Dir::Request => &mut self.request,
+            Dir::Response => &mut self.response,
+        };
+        // Bytes new in this callback: while buffering, `size` is the whole buffer so far.
+        let fresh = if d.buffering {
+            size.saturating_sub(d.buffered)
+        } else {
+            size
+        };
+        d.buffered = size;
+        d.ended |= end_of_stream;
+        if exchange.needs(dir.data_phase()) {
+            let step = match dir {
+                Dir::Request => exchange.on_request_data(fresh, end_of_stream, &mut WasmHost),
+                Dir::Response => exchange.on_response_data(fresh, end_of_stream, &mut WasmHost),
+            };
+            if step != Step::Continue {
+                let action = self.act(dir, step);
+                return self.buffering(dir, action);
+            }
+        }
+        let action = if self.waiting.is_some_and(|(_, d)| d == dir) {
+            // A decision is pending: hold the data (Envoy buffers it).
+            Action::Pause
+        } else if self.direction(dir).held && !self.direction(dir).body_done {
+            if !end_of_stream {
+                Action::Pause
+            } else {
+                let bytes = abi::get_buffer(dir.buffer() as u32, 0, size).unwrap_or_default();
+                let action = self.body_phase(dir, bytes);
+                self.after_body(dir, action)
+            }
+        } else if self.direction(dir).held {
+            Action::Pause
+        } else {
+            Action::Continue
+        };
+        self.buffering(dir, action)
+    }
+
+    fn buffering(&mut self, dir: Dir, action: Action) -> Action {
+        self.direction(dir).buffering = action == Action::Pause;
+        action
+    }
+
+    /// The trailers of `dir`: the body is complete.
+    fn on_trailers(&mut self, dir: Dir) -> Action {
+        self.direction(dir).ended = true;
+        if self.exchange.is_none() || self.waiting.is_some_and(|(_, d)| d == dir) {
+            return if self.exchange.is_none() {
+                Action::Continue
+            } else {
+                Action::Pause
+            };
+        }
+        let d = self.direction(dir);
+        if d.held && !d.body_done {
+            let size = if d.buffering { d.buffered } else { 0 };
+            let bytes = abi::get_buffer(dir.buffer() as u32, 0, size).unwrap_or_default();
+            let action = self.body_phase(dir, bytes);
+            return self.after_body(dir, action);
+        }
+        if self.direction(dir).held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// Resumes `dir` on Envoy's side: what it buffered moves on, and later body callbacks see
+    /// only new data.
+    fn resume(&mut self, dir: Dir) {
+        let d = self.direction(dir);
+        d.held = false;
+        d.buffering = false;
+        d.buffered = 0;
+        let status = abi::resume(dir.stream());
+        if status != abi::OK {
+            log::warn!("tollgate: resuming the stream failed with status {status}");
+        }
+    }
+}
+
+fn dispatch(call: &CallOut) -> Result<u32, u32> {
     let pairs: Vec<(&str, &str)> = call
         .headers
         .iter()
@@ -552,14 +787,19 @@ fn dispatch(call: &CallOut) -> Result<(), u32> {
         call.body.as_deref().unwrap_or(&[]),
         timeout,
     )
-    .map(|_| ())
 }
 
 impl Context for Filter {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _t: usize) {
-        let Some(exchange) = self.exchange.as_mut() else {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
+        let Some((expected, dir)) = self.waiting else {
+            log::debug!("tollgate: an answer to call-out {token} nobody waits for");
             return;
         };
+        if expected != token {
+            log::debug!("tollgate: an answer to call-out {token}, waiting for {expected}");
+            return;
+        }
+        self.waiting = None;
         let headers = abi::get_map(MapType::HttpCallResponseHeaders as u32)
             .map(|b| deserialize_map(&b))
             .unwrap_or_default();
@@ -571,22 +811,44 @@ impl Context for Filter {
         let body = abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size)
             .unwrap_or_default();
         let response = CallResponse {
+            cluster: String::new(),
             status,
             headers,
             body,
         };
-        if self.pending.take() != Some(Paused::RequestHeaders) {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        let phase = exchange.waiting();
+        let step = exchange.on_call_response(Some(token), response, &mut WasmHost);
+        self.write_back(dir);
+        let action = self.act(dir, step);
+        if action == Action::Pause {
+            // A reply was sent, or another call-out is on its way.
             return;
         }
-        let mut request = Request {
-            method: String::new(),
-            headers: read_headers(MapType::HttpRequestHeaders),
+        // The phase that waited is done; what follows it, before the stream may move on.
+        let needs_body = self
+            .exchange
+            .as_ref()
+            .is_some_and(|e| e.needs(dir.body_phase()));
+        let d = self.direction(dir);
+        let body_pending = !d.body_done && needs_body;
+        let (ended, size) = (d.ended, if d.buffering { d.buffered } else { 0 });
+        let action = match phase {
+            Some(Phase::RequestHeaders | Phase::ResponseHeaders) if body_pending => {
+                if ended {
+                    let bytes = abi::get_buffer(dir.buffer() as u32, 0, size).unwrap_or_default();
+                    self.body_phase(dir, bytes)
+                } else {
+                    // The rest of the body is still coming: its callbacks run the body phase.
+                    return;
+                }
+            }
+            _ => Action::Continue,
         };
-        request.method = request.headers.get(":method").unwrap_or("GET").to_string();
-        let step = exchange.on_call_response(&response, &mut request, &mut WasmHost);
-        write_headers(MapType::HttpRequestHeaders, request.headers.take_ops());
-        if self.act_on_request(step) == Action::Continue {
-            abi::resume(STREAM_REQUEST);
+        if action == Action::Continue {
+            self.resume(dir);
         }
     }
 }
@@ -601,29 +863,31 @@ impl HttpContext for Filter {
             ));
             return Action::Pause;
         };
+        self.request.ended = end_of_stream;
         let headers = read_headers(MapType::HttpRequestHeaders);
-        let mut request = Request {
-            method: headers.get(":method").unwrap_or("GET").to_string(),
-            headers,
-        };
-        let mut step = exchange.on_request_headers(&mut request, &mut WasmHost);
-        if step == Step::Continue && end_of_stream && exchange.needs_request_body() {
-            // Envoy calls no body callback for a bodiless request: run the body phase now.
-            step = exchange.on_request_body(&mut Body::default(), &mut WasmHost);
-        }
-        write_headers(MapType::HttpRequestHeaders, request.headers.take_ops());
-        self.act_on_request(step)
+        let step = exchange.on_request_headers(headers, &mut WasmHost);
+        self.write_back(Dir::Request);
+        let action = self.act(Dir::Request, step);
+        self.after_headers(Dir::Request, action)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_body(BodyPhase::Request, body_size, end_of_stream)
+        self.on_body(Dir::Request, body_size, end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.on_trailers(Dir::Request)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        if !exchange.needs_response_headers() && !exchange.needs_response_body() {
+        self.response.ended = end_of_stream;
+        let involved = exchange.needs(Phase::ResponseHeaders)
+            || exchange.needs(Phase::ResponseBody)
+            || exchange.needs(Phase::ResponseData);
+        if !involved {
             return Action::Continue;
         }
         // Adding headers needs no read: one host call (and a guest allocation) saved.
@@ -632,33 +896,24 @@ impl HttpContext for Filter {
         } else {
             HeaderMap::new()
         };
-        let mut response = Response {
-            status: headers
-                .get(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            headers,
-        };
-        let mut step = exchange.on_response_headers(&mut response, &mut WasmHost);
-        if step == Step::Continue && end_of_stream && exchange.needs_response_body() {
-            // No body callback follows a bodiless response: run the body phase now.
-            step = exchange.on_response_body(&mut Body::default(), &mut WasmHost);
-        }
-        write_headers(MapType::HttpResponseHeaders, response.headers.take_ops());
-        match step {
-            Step::Reply(reply) => {
-                send(&reply);
-                Action::Pause
-            }
-            // A response-body policy may still refuse the response: hold the headers until it
-            // has seen the body, while a local reply can still replace them.
-            _ if exchange.needs_response_body() && !end_of_stream => Action::Pause,
-            _ => Action::Continue,
-        }
+        let step = exchange.on_response_headers(headers, &mut WasmHost);
+        self.write_back(Dir::Response);
+        let action = self.act(Dir::Response, step);
+        self.after_headers(Dir::Response, action)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_body(BodyPhase::Response, body_size, end_of_stream)
+        self.on_body(Dir::Response, body_size, end_of_stream)
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.on_trailers(Dir::Response)
+    }
+
+    fn on_log(&mut self) {
+        if let Some(exchange) = self.exchange.as_mut() {
+            exchange.on_complete(&mut WasmHost);
+        }
     }
 }
 

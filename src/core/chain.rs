@@ -1,24 +1,24 @@
 //! Runs a chain of policies through one phase: in order on the request, in reverse on the
 //! response, stopping at the first policy that does not continue. A policy waiting on a call-out
-//! leaves a cursor behind so the chain resumes exactly there.
+//! leaves a cursor behind (phase and position) so the chain resumes exactly there, in whatever
+//! phase it was.
 
 use std::rc::Rc;
 
-use crate::http::{Request, Response};
-use crate::policy::{Body, CallResponse, Context, Phases, Policy, Verdict};
+use crate::policy::{CallResponse, Context, Phase, PhaseSet, Policy, Subject, Verdict};
 
 /// An ordered, immutable list of compiled policies (client → plan → API).
 #[derive(Clone, Default)]
 pub struct Chain {
     policies: Rc<[Rc<dyn Policy>]>,
-    phases: Phases,
+    phases: PhaseSet,
 }
 
 impl Chain {
     pub fn new(policies: Vec<Rc<dyn Policy>>) -> Chain {
         let phases = policies
             .iter()
-            .fold(Phases::NONE, |acc, p| acc.union(p.phases()));
+            .fold(PhaseSet::NONE, |acc, p| acc.union(p.phases()));
         Chain {
             policies: policies.into(),
             phases,
@@ -34,7 +34,7 @@ impl Chain {
     }
 
     /// Whether any policy takes part in `phase`.
-    pub fn needs(&self, phase: Phases) -> bool {
+    pub fn needs(&self, phase: Phase) -> bool {
         self.phases.contains(phase)
     }
 
@@ -42,41 +42,58 @@ impl Chain {
         &self.policies
     }
 
-    /// A chain made of `first` followed by `then` (used to compose client → plan → API).
+    /// The parts one after the other (used to compose client → plan → API).
     pub fn concat(parts: &[&[Rc<dyn Policy>]]) -> Chain {
         Chain::new(parts.iter().flat_map(|p| p.iter().cloned()).collect())
     }
 }
 
-/// Which callback a policy is asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Request,
-    RequestBody,
-    Response,
-    ResponseBody,
-}
-
-impl Phase {
-    fn flag(self) -> Phases {
-        match self {
-            Phase::Request => Phases::REQUEST,
-            Phase::RequestBody => Phases::REQUEST_BODY,
-            Phase::Response => Phases::RESPONSE,
-            Phase::ResponseBody => Phases::RESPONSE_BODY,
+/// Calls `policy` for `phase` with its view.
+fn call(policy: &dyn Policy, phase: Phase, cx: &mut Context, subject: &mut Subject) -> Verdict {
+    match (phase, subject) {
+        (Phase::RequestHeaders, Subject::Request(r)) => policy.on_request(cx, r),
+        (Phase::ResponseHeaders, Subject::Response(r)) => policy.on_response(cx, r),
+        (Phase::RequestBody, Subject::Body(b, h)) => policy.on_request_body(cx, b, h),
+        (Phase::ResponseBody, Subject::Body(b, h)) => policy.on_response_body(cx, b, h),
+        (
+            Phase::RequestData,
+            Subject::Data {
+                bytes,
+                end_of_stream,
+            },
+        ) => policy.on_request_data(cx, *bytes, *end_of_stream),
+        (
+            Phase::ResponseData,
+            Subject::Data {
+                bytes,
+                end_of_stream,
+            },
+        ) => policy.on_response_data(cx, *bytes, *end_of_stream),
+        (Phase::Complete, Subject::Complete) => {
+            policy.on_complete(cx);
+            Verdict::Continue
         }
-    }
-
-    fn reversed(self) -> bool {
-        matches!(self, Phase::Response | Phase::ResponseBody)
+        // A phase paired with the wrong view is a programming error; do nothing rather than
+        // panic on the request path.
+        _ => Verdict::Continue,
     }
 }
 
-/// The view a phase works on.
-pub enum Subject<'a> {
-    Request(&'a mut Request),
-    Response(&'a mut Response),
-    Body(&'a mut Body),
+/// Re-borrows a subject for one more call.
+fn reborrow<'b>(subject: &'b mut Subject) -> Subject<'b> {
+    match subject {
+        Subject::Request(r) => Subject::Request(r),
+        Subject::Response(r) => Subject::Response(r),
+        Subject::Body(b, h) => Subject::Body(b, h),
+        Subject::Data {
+            bytes,
+            end_of_stream,
+        } => Subject::Data {
+            bytes: *bytes,
+            end_of_stream: *end_of_stream,
+        },
+        Subject::Complete => Subject::Complete,
+    }
 }
 
 /// Progress through one chain for one request: where a paused phase resumes.
@@ -87,8 +104,9 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
+    /// The phase a call-out is pending in, if any.
+    pub fn waiting(&self) -> Option<Phase> {
+        self.waiting.map(|(phase, _)| phase)
     }
 
     /// Runs `phase` over the chain from its start. The context's `position` is set per policy.
@@ -99,19 +117,20 @@ impl Cursor {
         cx: &mut Context,
         subject: Subject,
     ) -> Verdict {
-        if !chain.needs(phase.flag()) {
+        if !chain.needs(phase) {
             return Verdict::Continue;
         }
         self.run_from(chain, phase, 0, cx, subject)
     }
 
     /// Hands a call-out's response to the policy that asked for it, then finishes its phase.
+    /// `subject` must be the view of that phase (see `waiting`).
     pub fn resume(
         &mut self,
         chain: &Chain,
         response: &CallResponse,
         cx: &mut Context,
-        subject: Subject,
+        mut subject: Subject,
     ) -> Verdict {
         let Some((phase, position)) = self.waiting.take() else {
             return Verdict::Continue;
@@ -120,7 +139,7 @@ impl Cursor {
             return Verdict::Continue;
         };
         cx.position = position;
-        match policy.on_call_response(cx, response) {
+        match policy.on_call_response(cx, response, reborrow(&mut subject)) {
             Verdict::Continue => {}
             Verdict::CallOut(call) => {
                 self.waiting = Some((phase, position));
@@ -152,20 +171,11 @@ impl Cursor {
             let Some(policy) = chain.policies.get(position) else {
                 break;
             };
-            if !policy.phases().contains(phase.flag()) {
+            if !policy.phases().contains(phase) {
                 continue;
             }
             cx.position = position;
-            let verdict = match (&mut subject, phase) {
-                (Subject::Request(r), Phase::Request) => policy.on_request(cx, r),
-                (Subject::Response(r), Phase::Response) => policy.on_response(cx, r),
-                (Subject::Body(b), Phase::RequestBody) => policy.on_request_body(cx, b),
-                (Subject::Body(b), Phase::ResponseBody) => policy.on_response_body(cx, b),
-                // A phase paired with the wrong view is a programming error; do nothing rather
-                // than panic on the request path.
-                _ => Verdict::Continue,
-            };
-            match verdict {
+            match call(policy.as_ref(), phase, cx, &mut subject) {
                 Verdict::Continue => {}
                 Verdict::CallOut(call) => {
                     self.waiting = Some((phase, position));
@@ -181,6 +191,7 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{Request, Response};
     use crate::policy::testing::{request, response, Fixture};
     use crate::policy::{CallOut, FailureType, PolicyFailure};
     use std::cell::RefCell;
@@ -198,8 +209,8 @@ mod tests {
         fn id(&self) -> &'static str {
             "probe"
         }
-        fn phases(&self) -> Phases {
-            Phases::REQUEST.union(Phases::RESPONSE)
+        fn phases(&self) -> PhaseSet {
+            PhaseSet::of(&[Phase::RequestHeaders, Phase::ResponseHeaders])
         }
         fn on_request(&self, _cx: &mut Context, _r: &mut Request) -> Verdict {
             self.log.borrow_mut().push(format!("req:{}", self.name));
@@ -220,7 +231,7 @@ mod tests {
             self.log.borrow_mut().push(format!("resp:{}", self.name));
             Verdict::Continue
         }
-        fn on_call_response(&self, _cx: &mut Context, r: &CallResponse) -> Verdict {
+        fn on_call_response(&self, _cx: &mut Context, r: &CallResponse, _s: Subject) -> Verdict {
             self.log
                 .borrow_mut()
                 .push(format!("answer:{}:{}", self.name, r.status));
@@ -260,12 +271,17 @@ mod tests {
         let mut req = request("GET", &[]);
         let mut resp = response(200, &[]);
         assert!(matches!(
-            cursor.run(&c, Phase::Request, &mut f.cx(), Subject::Request(&mut req)),
+            cursor.run(
+                &c,
+                Phase::RequestHeaders,
+                &mut f.cx(),
+                Subject::Request(&mut req)
+            ),
             Verdict::Continue
         ));
         cursor.run(
             &c,
-            Phase::Response,
+            Phase::ResponseHeaders,
             &mut f.cx(),
             Subject::Response(&mut resp),
         );
@@ -292,7 +308,7 @@ mod tests {
         let mut f = Fixture::new();
         let verdict = Cursor::default().run(
             &c,
-            Phase::Request,
+            Phase::RequestHeaders,
             &mut f.cx(),
             Subject::Request(&mut request("GET", &[])),
         );
@@ -310,9 +326,14 @@ mod tests {
         let mut f = Fixture::new();
         let mut cursor = Cursor::default();
         let mut req = request("GET", &[]);
-        let verdict = cursor.run(&c, Phase::Request, &mut f.cx(), Subject::Request(&mut req));
+        let verdict = cursor.run(
+            &c,
+            Phase::RequestHeaders,
+            &mut f.cx(),
+            Subject::Request(&mut req),
+        );
         assert!(matches!(verdict, Verdict::CallOut(ref call) if call.cluster == "jwks"));
-        assert!(cursor.is_waiting());
+        assert_eq!(cursor.waiting(), Some(Phase::RequestHeaders));
         let answer = CallResponse {
             status: 200,
             ..CallResponse::default()
@@ -332,12 +353,12 @@ mod tests {
             fn id(&self) -> &'static str {
                 "request-only"
             }
-            fn phases(&self) -> Phases {
-                Phases::REQUEST
+            fn phases(&self) -> PhaseSet {
+                PhaseSet::of(&[Phase::RequestHeaders])
             }
         }
         let c = Chain::new(vec![Rc::new(RequestOnly)]);
-        assert!(c.needs(Phases::REQUEST));
-        assert!(!c.needs(Phases::RESPONSE));
+        assert!(c.needs(Phase::RequestHeaders));
+        assert!(!c.needs(Phase::ResponseHeaders));
     }
 }

@@ -4,7 +4,73 @@
 use serde_json::Value;
 
 use crate::http::LocalReply;
-use crate::policy::PolicyFailure;
+
+/// Apiman's failure types; each maps to an HTTP status unless the failure names its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureType {
+    Authentication,
+    Authorization,
+    NotFound,
+    Other,
+}
+
+impl FailureType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureType::Authentication => "Authentication",
+            FailureType::Authorization => "Authorization",
+            FailureType::NotFound => "NotFound",
+            FailureType::Other => "Other",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            FailureType::Authentication => 401,
+            FailureType::Authorization => 403,
+            FailureType::NotFound => 404,
+            FailureType::Other => 500,
+        }
+    }
+}
+
+/// A policy's refusal of a request, answered with Apiman's policy-failure contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFailure {
+    pub failure_type: FailureType,
+    pub code: u32,
+    pub message: String,
+    /// The policy's own status; used when ≥ 300, else the type decides.
+    pub response_code: u16,
+    /// Extra headers for the failure response (e.g. `WWW-Authenticate`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl PolicyFailure {
+    pub fn new(failure_type: FailureType, code: u32, message: impl Into<String>) -> PolicyFailure {
+        PolicyFailure {
+            failure_type,
+            code,
+            message: message.into(),
+            response_code: 0,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_status(mut self, status: u16) -> PolicyFailure {
+        self.response_code = status;
+        self
+    }
+
+    /// The HTTP status of the failure response.
+    pub fn status(&self) -> u16 {
+        if self.response_code >= 300 {
+            self.response_code
+        } else {
+            self.failure_type.status()
+        }
+    }
+}
 
 /// The engine's errors, with Apiman's statuses and messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +83,11 @@ pub enum GatewayError {
         client_id: String,
         api_id: String,
     },
+    /// A policy's call-out got no usable answer (no such cluster, timeout, reset, 5xx) and the
+    /// policy did not decide otherwise: the request is refused, never passed.
+    CallOutFailed {
+        cluster: String,
+    },
 }
 
 impl GatewayError {
@@ -26,6 +97,7 @@ impl GatewayError {
             GatewayError::ApiNotPublic => 403,
             GatewayError::NoClientForKey(_) => 404,
             GatewayError::NoContract { .. } => 404,
+            GatewayError::CallOutFailed { .. } => 503,
         }
     }
 
@@ -36,6 +108,9 @@ impl GatewayError {
             GatewayError::NoClientForKey(masked) => format!("No client found for API Key {masked}"),
             GatewayError::NoContract { client_id, api_id } => {
                 format!("No contract found between Client {client_id} and API {api_id}.")
+            }
+            GatewayError::CallOutFailed { cluster } => {
+                format!("A policy could not get an answer from {cluster}.")
             }
         }
     }

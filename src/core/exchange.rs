@@ -4,21 +4,23 @@
 
 use std::rc::Rc;
 
-use crate::chain::{Chain, Cursor, Phase, Subject};
+use crate::chain::{Chain, Cursor};
 use crate::errors::{self, GatewayError};
 use crate::host::Host;
-use crate::http::{split_query, LocalReply, Request, Response};
-use crate::policy::{Body, CallOut, CallResponse, Context, Phases, RequestState, Verdict};
-use crate::registry::{Api, Registry};
+use crate::http::{query_param, query_without, split_query, HeaderMap, HeaderOp, LocalReply};
+use crate::http::{Request, Response};
+use crate::policy::{Body, CallOut, CallResponse, Context, Phase, RequestState, Subject, Verdict};
+use crate::registry::Registry;
 
 /// What the host should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Carry on (headers already modified in the view passed in).
+    /// Carry on (changes are in the exchange's views: `take_request_ops` and friends).
     Continue,
-    /// Answer with this response; the backend is not called.
+    /// Answer with this response; the backend is not called (or its answer is replaced).
     Reply(LocalReply),
-    /// Dispatch this call and hand its answer to `on_call_response`.
+    /// Dispatch this call, tell `call_dispatched` its token, and hand its answer to
+    /// `on_call_response`. Until then the stream must be held: nothing of it may move on.
     CallOut(CallOut),
 }
 
@@ -93,33 +95,37 @@ pub fn upstream_path(endpoint_path: &str, resource: &str) -> String {
     }
 }
 
-/// Removes every `name=...` query parameter (name compared case-insensitively, as Apiman's
-/// query map does), keeping the rest byte for byte.
-fn strip_query_param(query: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            !pair.is_empty()
-                && !pair
-                    .split('=')
-                    .next()
-                    .unwrap_or("")
-                    .eq_ignore_ascii_case(name)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
+/// The policy context for one exchange: the one place it is built.
+fn context<'a>(
+    registry: &'a Registry,
+    api: usize,
+    client: Option<usize>,
+    state: &'a mut RequestState,
+    host: &'a mut dyn Host,
+) -> Option<Context<'a>> {
+    let registered = registry.api_at(api)?;
+    let client = client.and_then(|i| registry.client_at(i));
+    Some(Context {
+        api: &registered.api,
+        client: client.map(|c| &c.identity),
+        plan: client
+            .and_then(|c| c.contract(api))
+            .and_then(|c| c.plan.as_deref()),
+        settings: &registry.settings,
+        state,
+        host,
+        position: 0,
+    })
 }
 
-fn query_value(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .find(|pair| {
-            pair.split('=')
-                .next()
-                .unwrap_or("")
-                .eq_ignore_ascii_case(name)
-        })
-        .map(|pair| crate::http::percent_decode(pair.split_once('=').map_or("", |(_, v)| v)))
+/// A call-out the exchange waits for.
+#[derive(Debug)]
+struct PendingCall {
+    cluster: String,
+    /// The host's token, once dispatched.
+    token: Option<u32>,
+    /// For a call-out made in a data phase: the chunk it was made for.
+    data: (usize, bool),
 }
 
 pub struct Exchange {
@@ -129,6 +135,19 @@ pub struct Exchange {
     chain: Chain,
     cursor: Cursor,
     state: RequestState,
+    request: Request,
+    response: Response,
+    /// The body of a phase waiting for a call-out.
+    held_body: Option<Body>,
+    /// A body a policy replaced, for the host to write back.
+    changed_body: Option<Vec<u8>>,
+    pending: Option<PendingCall>,
+    /// The chain is the API's preflight chain: if it lets the request through, it is still a
+    /// keyless request to a private API.
+    preflight: bool,
+    /// The request path with the API key removed: what a local reply leaves in `:path`, so an
+    /// access log never records the key.
+    key_free_path: Option<String>,
     /// Set once the gateway has answered itself: the response phases are then skipped.
     replied: bool,
 }
@@ -142,72 +161,140 @@ impl Exchange {
             chain: Chain::default(),
             cursor: Cursor::default(),
             state: RequestState::default(),
+            request: Request::default(),
+            response: Response::default(),
+            held_body: None,
+            changed_body: None,
+            pending: None,
+            preflight: false,
+            key_free_path: None,
             replied: false,
         }
     }
 
+    /// The request as policies left it.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The response as policies left it.
+    pub fn response(&self) -> &Response {
+        &self.response
+    }
+
+    /// The changes made to the request headers since the last call, for the host to apply.
+    pub fn take_request_ops(&mut self) -> Vec<HeaderOp> {
+        self.request.headers.take_ops()
+    }
+
+    /// The changes made to the response headers since the last call.
+    pub fn take_response_ops(&mut self) -> Vec<HeaderOp> {
+        self.response.headers.take_ops()
+    }
+
+    /// A body a policy replaced in the last body phase, for the host to write back.
+    pub fn take_changed_body(&mut self) -> Option<Vec<u8>> {
+        self.changed_body.take()
+    }
+
+    /// The phase a call-out is pending in.
+    pub fn waiting(&self) -> Option<Phase> {
+        self.pending.as_ref().and(self.cursor.waiting())
+    }
+
     fn reply(&mut self, mut reply: LocalReply) -> Step {
         reply.decorate(&self.state.response_headers);
+        if let Some(path) = self.key_free_path.take() {
+            // Still in the request phase: leave no key in `:path` for the access log.
+            self.request.headers.set(":path", &path);
+        }
         self.replied = true;
+        self.state.status = Some(reply.status);
         Step::Reply(reply)
     }
 
-    fn gateway_error(&mut self, error: GatewayError, xml: bool) -> Step {
+    fn gateway_error(&mut self, error: GatewayError) -> Step {
+        let xml = self.xml();
         self.reply(error.reply(xml))
     }
 
-    /// Resolves the request and runs the request chain. Header changes are made in `request`.
-    pub fn on_request_headers(&mut self, request: &mut Request, host: &mut dyn Host) -> Step {
+    fn xml(&self) -> bool {
+        self.api
+            .and_then(|i| self.registry.api_at(i))
+            .is_some_and(|a| a.api.xml)
+    }
+
+    /// Resolves the request and runs the request chain.
+    pub fn on_request_headers(&mut self, headers: HeaderMap, host: &mut dyn Host) -> Step {
+        self.request = Request {
+            method: headers.get(":method").unwrap_or("GET").to_string(),
+            headers,
+        };
         let registry = self.registry.clone();
         let settings = &registry.settings;
-        let full_path = request.headers.get(":path").unwrap_or("/").to_string();
+        let full_path = self.request.headers.get(":path").unwrap_or("/").to_string();
         let (path, query) = split_query(&full_path);
-        let version_header = request.headers.get("x-api-version").map(str::to_string);
-        let accept = request.headers.get("accept").map(str::to_string);
+        if let Some(q) = query {
+            if query_param(q, &settings.api_key_query_param).is_some() {
+                self.key_free_path = Some(match query_without(q, &settings.api_key_query_param) {
+                    Some(rest) => format!("{path}?{rest}"),
+                    None => path.to_string(),
+                });
+            }
+        }
+        let version_header = self
+            .request
+            .headers
+            .get("x-api-version")
+            .map(str::to_string);
+        let accept = self.request.headers.get("accept").map(str::to_string);
         let Some(parsed) = parse_api_path(path, version_header.as_deref(), accept.as_deref())
         else {
-            return self.gateway_error(GatewayError::ApiNotFound, false);
+            return self.gateway_error(GatewayError::ApiNotFound);
         };
-        let Some((api_index, api)) = registry.api(parsed.org, parsed.api, parsed.version) else {
-            return self.gateway_error(GatewayError::ApiNotFound, false);
+        let Some((api_index, registered)) = registry.api(parsed.org, parsed.api, parsed.version)
+        else {
+            return self.gateway_error(GatewayError::ApiNotFound);
         };
+        let api = &registered.api;
         self.api = Some(api_index);
         if let Some(header) = &settings.client_address_header {
-            if let Some(address) = request.headers.get(header) {
+            if let Some(address) = self.request.headers.get(header) {
                 let ip = crate::client_ip::parse_socket_address(address);
                 self.state.set_downstream(ip);
             }
-            request.headers.remove(header);
+            self.request.headers.remove(header);
         }
 
         // The key: header first, then the query parameter; blank counts as absent.
-        let key = request
+        let key = self
+            .request
             .headers
             .get(&settings.api_key_header)
             .filter(|k| !k.trim().is_empty())
             .map(str::to_string)
             .or_else(|| {
                 query
-                    .and_then(|q| query_value(q, &settings.api_key_query_param))
+                    .and_then(|q| query_param(q, &settings.api_key_query_param))
                     .filter(|k| !k.trim().is_empty())
             });
         let mut upstream_query = query.map(str::to_string);
         if api.strip_keys {
-            request.headers.remove(&settings.api_key_header);
+            self.request.headers.remove(&settings.api_key_header);
             upstream_query =
-                upstream_query.and_then(|q| strip_query_param(&q, &settings.api_key_query_param));
+                upstream_query.and_then(|q| query_without(&q, &settings.api_key_query_param));
         }
         if parsed.version_from_header {
             // Apiman drops X-API-Version and turns its versioned Accept into a plain one.
-            request.headers.remove("x-api-version");
+            self.request.headers.remove("x-api-version");
             if let Some(a) = accept
                 .as_deref()
                 .filter(|a| a.starts_with("application/apiman."))
             {
                 if a.contains("+json") {
-                    request.headers.set("accept", "application/json");
+                    self.request.headers.set("accept", "application/json");
                 } else if a.contains("+xml") {
-                    request.headers.set("accept", "text/xml");
+                    self.request.headers.set("accept", "text/xml");
                 }
             }
         }
@@ -217,212 +304,305 @@ impl Exchange {
         let chain = match &key {
             Some(key) => {
                 let Some((client_index, client)) = registry.client_by_key(key) else {
-                    return self.gateway_error(
-                        GatewayError::NoClientForKey(errors::mask_key(key)),
-                        api.xml,
-                    );
+                    return self.gateway_error(GatewayError::NoClientForKey(errors::mask_key(key)));
                 };
                 let Some(contract) = client.contract(api_index) else {
-                    return self.gateway_error(
-                        GatewayError::NoContract {
-                            client_id: client.client_id.clone(),
-                            api_id: api.api_id.clone(),
-                        },
-                        api.xml,
-                    );
+                    return self.gateway_error(GatewayError::NoContract {
+                        client_id: client.identity.client_id.clone(),
+                        api_id: api.api_id.clone(),
+                    });
                 };
                 self.client = Some(client_index);
                 contract.chain.clone()
             }
-            None if api.public => api.chain.clone(),
+            None if api.public => registered.chain.clone(),
             None => {
                 // Browsers never send the key on a CORS preflight: let the API's own CORS
                 // policy answer it rather than failing every cross-origin call with a 403.
-                let preflight = request.method.eq_ignore_ascii_case("OPTIONS")
-                    && request.headers.contains("origin")
-                    && request.headers.contains("access-control-request-method");
-                if preflight && !api.preflight_chain.is_empty() {
-                    let chain = api.preflight_chain.clone();
-                    return match self.run(&chain, Phase::Request, host, Subject::Request(request)) {
-                        Verdict::Continue => {
-                            self.gateway_error(GatewayError::ApiNotPublic, api.xml)
-                        }
-                        other => self.conclude_request(other, request),
-                    };
+                let preflight = self.request.method.eq_ignore_ascii_case("OPTIONS")
+                    && self.request.headers.contains("origin")
+                    && self
+                        .request
+                        .headers
+                        .contains("access-control-request-method");
+                if !preflight || registered.preflight_chain.is_empty() {
+                    return self.gateway_error(GatewayError::ApiNotPublic);
                 }
-                return self.gateway_error(GatewayError::ApiNotPublic, api.xml);
+                self.preflight = true;
+                registered.preflight_chain.clone()
             }
         };
         self.state.api_key = key;
-        self.chain = chain.clone();
-        let verdict = self.run(&chain, Phase::Request, host, Subject::Request(request));
-        self.conclude_request(verdict, request)
+        self.chain = chain;
+        let verdict = self.run(Phase::RequestHeaders, host);
+        self.conclude(Phase::RequestHeaders, verdict)
     }
 
-    /// Hands a call-out's answer to the policy waiting for it and finishes its phase. For the
-    /// request phase, `subject` is the request again (its headers may still be changed).
+    /// Runs `phase` over the chain with the view it works on.
+    fn run(&mut self, phase: Phase, host: &mut dyn Host) -> Verdict {
+        self.run_with(phase, (0, false), host)
+    }
+
+    fn run_with(&mut self, phase: Phase, data: (usize, bool), host: &mut dyn Host) -> Verdict {
+        let registry = self.registry.clone();
+        let Some(api) = self.api else {
+            return Verdict::Continue;
+        };
+        let Some(mut cx) = context(&registry, api, self.client, &mut self.state, host) else {
+            return Verdict::Continue;
+        };
+        let mut body = self.held_body.take().unwrap_or_default();
+        let subject = match phase {
+            Phase::RequestHeaders => Subject::Request(&mut self.request),
+            Phase::ResponseHeaders => Subject::Response(&mut self.response),
+            Phase::RequestBody => Subject::Body(&mut body, &mut self.request.headers),
+            Phase::ResponseBody => Subject::Body(&mut body, &mut self.response.headers),
+            Phase::RequestData | Phase::ResponseData => Subject::Data {
+                bytes: data.0,
+                end_of_stream: data.1,
+            },
+            Phase::Complete => Subject::Complete,
+        };
+        let verdict = self.cursor.run(&self.chain, phase, &mut cx, subject);
+        self.after_body_phase(phase, body, &verdict);
+        if let Verdict::CallOut(call) = &verdict {
+            self.pending = Some(PendingCall {
+                cluster: call.cluster.clone(),
+                token: None,
+                data,
+            });
+        }
+        verdict
+    }
+
+    /// A body phase keeps its body while it waits for a call-out, and hands a changed body to
+    /// the host once it is done.
+    fn after_body_phase(&mut self, phase: Phase, body: Body, verdict: &Verdict) {
+        if !matches!(phase, Phase::RequestBody | Phase::ResponseBody) {
+            return;
+        }
+        if matches!(verdict, Verdict::CallOut(_)) {
+            self.held_body = Some(body);
+        } else if body.modified {
+            self.changed_body = Some(body.bytes);
+        }
+    }
+
+    /// The host dispatched the pending call-out under `token`.
+    pub fn call_dispatched(&mut self, token: u32) {
+        if let Some(p) = self.pending.as_mut() {
+            p.token = Some(token);
+        }
+    }
+
+    /// Hands a call-out's answer to the policy waiting for it and finishes the phase that made
+    /// it. `token` is the host's token, or `None` when the call could not be dispatched (then
+    /// `response` says there was no answer). An answer nobody waits for is ignored.
     pub fn on_call_response(
         &mut self,
-        response: &CallResponse,
-        request: &mut Request,
+        token: Option<u32>,
+        mut response: CallResponse,
         host: &mut dyn Host,
     ) -> Step {
-        let Some(api_index) = self.api else {
+        let matches = self.pending.as_ref().is_some_and(|p| p.token == token);
+        let (Some(phase), true) = (self.cursor.waiting(), matches) else {
             return Step::Continue;
         };
+        let Some(pending) = self.pending.take() else {
+            return Step::Continue;
+        };
+        response.cluster = pending.cluster;
         let registry = self.registry.clone();
-        let Some(api) = registry.api_at(api_index) else {
+        let Some(api) = self.api else {
             return Step::Continue;
         };
-        let chain = self.chain.clone();
-        let client = self.client.and_then(|i| registry.clients().get(i));
-        let mut cx = Context {
-            api,
-            client,
-            settings: &registry.settings,
-            state: &mut self.state,
-            host,
-            position: 0,
+        let Some(mut cx) = context(&registry, api, self.client, &mut self.state, host) else {
+            return Step::Continue;
         };
-        let verdict = self
-            .cursor
-            .resume(&chain, response, &mut cx, Subject::Request(request));
-        self.conclude_request(verdict, request)
-    }
-
-    /// Turns the request phase's verdict into a step; on success, routes to the backend.
-    fn conclude_request(&mut self, verdict: Verdict, request: &mut Request) -> Step {
-        if matches!(verdict, Verdict::Continue) {
-            self.route(request);
+        let mut body = self.held_body.take().unwrap_or_default();
+        let subject = match phase {
+            Phase::RequestHeaders => Subject::Request(&mut self.request),
+            Phase::ResponseHeaders => Subject::Response(&mut self.response),
+            Phase::RequestBody => Subject::Body(&mut body, &mut self.request.headers),
+            Phase::ResponseBody => Subject::Body(&mut body, &mut self.response.headers),
+            Phase::RequestData | Phase::ResponseData => Subject::Data {
+                bytes: pending.data.0,
+                end_of_stream: pending.data.1,
+            },
+            Phase::Complete => Subject::Complete,
+        };
+        let verdict = self.cursor.resume(&self.chain, &response, &mut cx, subject);
+        self.after_body_phase(phase, body, &verdict);
+        if let Verdict::CallOut(call) = &verdict {
+            self.pending = Some(PendingCall {
+                cluster: call.cluster.clone(),
+                token: None,
+                data: pending.data,
+            });
         }
-        self.conclude(verdict)
+        self.conclude(phase, verdict)
     }
 
-    /// Turns a phase's verdict into a step: failures become Apiman's failure reply.
-    fn conclude(&mut self, verdict: Verdict) -> Step {
+    /// Turns a phase's verdict into a step: failures become Apiman's failure reply; the request
+    /// headers phase routes to the backend when it completes.
+    fn conclude(&mut self, phase: Phase, verdict: Verdict) -> Step {
         match verdict {
-            Verdict::Continue => Step::Continue,
+            Verdict::Continue if phase == Phase::RequestHeaders && self.preflight => {
+                // The preflight policies let it through: a keyless request to a private API.
+                self.gateway_error(GatewayError::ApiNotPublic)
+            }
+            Verdict::Continue => {
+                if phase == Phase::RequestHeaders {
+                    self.route();
+                }
+                Step::Continue
+            }
+            // The stream is over: a call-out can no longer hold anything.
+            Verdict::CallOut(_) if phase == Phase::Complete => {
+                self.pending = None;
+                Step::Continue
+            }
             Verdict::CallOut(call) => Step::CallOut(call),
             Verdict::Fail(failure) => {
-                let xml = self.api().is_some_and(|a| a.xml);
+                let xml = self.xml();
                 self.reply(errors::policy_failure_reply(&failure, xml))
             }
+            Verdict::Error(error) => self.gateway_error(error),
             Verdict::Reply(reply) => self.reply(reply),
         }
     }
 
-    fn api(&self) -> Option<&Api> {
-        self.api.and_then(|i| self.registry.api_at(i))
-    }
-
     /// Points the request at the API's backend: path, authority and the cluster header.
-    fn route(&mut self, request: &mut Request) {
+    fn route(&mut self) {
+        self.key_free_path = None;
         let registry = self.registry.clone();
-        let Some(api) = self.api.and_then(|i| registry.api_at(i)) else {
+        let Some(registered) = self.api.and_then(|i| registry.api_at(i)) else {
             return;
         };
+        let api = &registered.api;
         let mut path = upstream_path(&api.endpoint.path, &self.state.resource);
         if let Some(q) = &self.state.query {
             path.push('?');
             path.push_str(q);
         }
-        request.headers.set(":path", &path);
-        request.headers.set(":authority", &api.endpoint.authority);
-        request
-            .headers
-            .set(&registry.settings.cluster_header, &api.cluster);
+        let headers = &mut self.request.headers;
+        headers.set(":path", &path);
+        headers.set(":authority", &api.endpoint.authority);
+        headers.set(&registry.settings.cluster_header, &api.cluster);
         if let Some(auth) = &api.upstream_authorization {
-            request.headers.set("authorization", auth);
+            headers.set("authorization", auth);
         }
     }
 
-    fn run(
-        &mut self,
-        chain: &Chain,
-        phase: Phase,
-        host: &mut dyn Host,
-        subject: Subject,
-    ) -> Verdict {
-        let registry = self.registry.clone();
-        let Some(api) = self.api.and_then(|i| registry.api_at(i)) else {
-            return Verdict::Continue;
-        };
-        let client = self.client.and_then(|i| registry.clients().get(i));
-        let mut cx = Context {
-            api,
-            client,
-            settings: &registry.settings,
-            state: &mut self.state,
-            host,
-            position: 0,
-        };
-        self.cursor.run(chain, phase, &mut cx, subject)
-    }
-
-    /// Whether the request body must be buffered and passed to `on_request_body`.
-    pub fn needs_request_body(&self) -> bool {
-        !self.replied && self.chain.needs(Phases::REQUEST_BODY)
-    }
-
-    /// Whether `on_response_headers` has anything to do (else the host need not read them).
-    pub fn needs_response_headers(&self) -> bool {
-        !self.replied
-            && self.api.is_some()
-            && (self.chain.needs(Phases::RESPONSE) || !self.state.response_headers.is_empty())
+    /// Whether `phase` has work to do. After a local reply only completion does.
+    pub fn needs(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::RequestHeaders => true,
+            Phase::Complete => self.chain.needs(Phase::Complete),
+            Phase::ResponseHeaders => {
+                !self.replied
+                    && self.api.is_some()
+                    && (self.chain.needs(Phase::ResponseHeaders)
+                        || self.chain.needs(Phase::ResponseBody)
+                        || !self.state.response_headers.is_empty())
+            }
+            other => !self.replied && self.chain.needs(other),
+        }
     }
 
     /// Whether response-phase policies look at the response headers. When only headers are to be
     /// added (CORS, rate-limit headers), the host need not read them first.
     pub fn reads_response_headers(&self) -> bool {
-        !self.replied && self.chain.needs(Phases::RESPONSE)
+        !self.replied
+            && (self.chain.needs(Phase::ResponseHeaders) || self.chain.needs(Phase::ResponseBody))
     }
 
-    /// Whether the response body must be buffered and passed to `on_response_body`.
-    pub fn needs_response_body(&self) -> bool {
-        !self.replied && self.chain.needs(Phases::RESPONSE_BODY)
-    }
-
-    pub fn on_request_body(&mut self, body: &mut Body, host: &mut dyn Host) -> Step {
-        if !self.needs_request_body() {
+    /// Request body bytes streaming past (only when `needs(RequestData)`).
+    pub fn on_request_data(
+        &mut self,
+        bytes: usize,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Step {
+        if !self.needs(Phase::RequestData) {
             return Step::Continue;
         }
-        let chain = self.chain.clone();
-        let verdict = self.run(&chain, Phase::RequestBody, host, Subject::Body(body));
-        self.conclude(verdict)
+        let verdict = self.run_with(Phase::RequestData, (bytes, end_of_stream), host);
+        self.conclude(Phase::RequestData, verdict)
+    }
+
+    /// The whole request body (only when `needs(RequestBody)`).
+    pub fn on_request_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
+        if !self.needs(Phase::RequestBody) {
+            return Step::Continue;
+        }
+        self.held_body = Some(body);
+        let verdict = self.run(Phase::RequestBody, host);
+        self.conclude(Phase::RequestBody, verdict)
     }
 
     /// Adds the headers policies asked for, then runs the response chain in reverse. When
-    /// `reads_response_headers` is false, `response` holds no headers (they were not read):
-    /// `Vary` is then added as a header line of its own rather than merged.
-    pub fn on_response_headers(&mut self, response: &mut Response, host: &mut dyn Host) -> Step {
-        if !self.needs_response_headers() {
+    /// `reads_response_headers` is false, `headers` holds nothing (they were not read): `Vary`
+    /// is then added as a header line of its own rather than merged.
+    pub fn on_response_headers(&mut self, headers: HeaderMap, host: &mut dyn Host) -> Step {
+        let status = headers
+            .get(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.response = Response { status, headers };
+        if status != 0 {
+            self.state.status = Some(status);
+        }
+        if !self.needs(Phase::ResponseHeaders) {
             return Step::Continue;
         }
         let read = self.reads_response_headers();
         for (name, value) in &self.state.response_headers {
             if !name.eq_ignore_ascii_case("vary") {
-                response.headers.set(name, value);
+                self.response.headers.set(name, value);
             } else if read {
-                merge_vary(response, value);
+                merge_vary(&mut self.response, value);
             } else {
-                response.headers.add(name, value);
+                self.response.headers.add(name, value);
             }
         }
-        if !read {
+        if !self.chain.needs(Phase::ResponseHeaders) {
             return Step::Continue;
         }
-        let chain = self.chain.clone();
-        let verdict = self.run(&chain, Phase::Response, host, Subject::Response(response));
-        self.conclude(verdict)
+        let verdict = self.run(Phase::ResponseHeaders, host);
+        self.conclude(Phase::ResponseHeaders, verdict)
     }
 
-    pub fn on_response_body(&mut self, body: &mut Body, host: &mut dyn Host) -> Step {
-        if !self.needs_response_body() {
+    /// Response body bytes streaming past (only when `needs(ResponseData)`).
+    pub fn on_response_data(
+        &mut self,
+        bytes: usize,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Step {
+        if !self.needs(Phase::ResponseData) {
             return Step::Continue;
         }
-        let chain = self.chain.clone();
-        let verdict = self.run(&chain, Phase::ResponseBody, host, Subject::Body(body));
-        self.conclude(verdict)
+        let verdict = self.run_with(Phase::ResponseData, (bytes, end_of_stream), host);
+        self.conclude(Phase::ResponseData, verdict)
+    }
+
+    /// The whole response body (only when `needs(ResponseBody)`).
+    pub fn on_response_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
+        if !self.needs(Phase::ResponseBody) {
+            return Step::Continue;
+        }
+        self.held_body = Some(body);
+        let verdict = self.run(Phase::ResponseBody, host);
+        self.conclude(Phase::ResponseBody, verdict)
+    }
+
+    /// The stream has ended (whatever happened to it): the completion phase.
+    pub fn on_complete(&mut self, host: &mut dyn Host) {
+        if self.needs(Phase::Complete) {
+            let verdict = self.run(Phase::Complete, host);
+            let _ = self.conclude(Phase::Complete, verdict);
+        }
     }
 }
 
@@ -454,7 +634,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn registry(config: Value) -> Rc<Registry> {
-        match crate::load(config.to_string().as_bytes()) {
+        match crate::load(config.to_string().as_bytes(), &crate::config::no_env) {
             Ok(loaded) => Rc::new(loaded.registry),
             Err(e) => panic!("{e:?}"),
         }
@@ -504,10 +684,25 @@ mod tests {
         }
     }
 
+    /// Runs the request phase; `req` becomes the request as policies left it.
     fn run(config: Value, req: &mut Request, from: &str) -> (Exchange, Step) {
         let mut ex = Exchange::new(registry(config));
-        let step = ex.on_request_headers(req, &mut MemoryHost::with_downstream(from));
+        let step =
+            ex.on_request_headers(req.headers.clone(), &mut MemoryHost::with_downstream(from));
+        *req = ex.request().clone();
         (ex, step)
+    }
+
+    fn respond(ex: &mut Exchange, status: u16, headers: &[(&str, &str)]) -> Response {
+        let mut pairs = vec![(":status".to_string(), status.to_string())];
+        pairs.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let headers = if ex.reads_response_headers() {
+            HeaderMap::from_pairs(pairs)
+        } else {
+            HeaderMap::new()
+        };
+        ex.on_response_headers(headers, &mut MemoryHost::default());
+        ex.response().clone()
     }
 
     fn reply(step: Step) -> LocalReply {
@@ -800,12 +995,8 @@ mod tests {
         c["apis"][0]["apiPolicies"] = json!([add("first"), add("last")]);
         let mut req = request("GET", "/Org/echo/1.0/x", &[]);
         let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
-        assert!(ex.needs_response_headers());
-        let mut resp = Response {
-            status: 200,
-            headers: HeaderMap::from_pairs(vec![(":status".into(), "200".into())]),
-        };
-        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        assert!(ex.needs(Phase::ResponseHeaders));
+        let resp = respond(&mut ex, 200, &[]);
         // The API's first policy runs last on the response, so its value wins.
         assert_eq!(resp.headers.get("x-order"), Some("first"));
     }
@@ -814,8 +1005,8 @@ mod tests {
     fn a_chain_without_response_work_skips_the_response_phase() {
         let mut req = request("GET", "/Org/echo/1.0/x", &[]);
         let (ex, _) = run(config(), &mut req, "1.2.3.4:1");
-        assert!(!ex.needs_response_headers());
-        assert!(!ex.needs_request_body());
+        assert!(!ex.needs(Phase::ResponseHeaders));
+        assert!(!ex.needs(Phase::RequestBody));
     }
 
     #[test]
@@ -824,12 +1015,11 @@ mod tests {
         c["apis"][0]["apiPolicies"] = json!([{"policy": "cors", "config": {"allowOrigin": ["*"]}}]);
         let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
         let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
-        assert!(ex.needs_response_headers());
+        assert!(ex.needs(Phase::ResponseHeaders));
         assert!(!ex.reads_response_headers());
-        let mut resp = Response::default();
-        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        respond(&mut ex, 200, &[]);
         assert_eq!(
-            resp.headers.take_ops(),
+            ex.take_response_ops(),
             vec![
                 crate::http::HeaderOp::Add("vary".into(), "Origin".into()),
                 crate::http::HeaderOp::Set(
@@ -849,11 +1039,7 @@ mod tests {
         ]);
         let mut req = request("GET", "/Org/echo/1.0/x", &[("origin", "https://a.test")]);
         let (mut ex, _) = run(c, &mut req, "1.2.3.4:1");
-        let mut resp = Response {
-            status: 200,
-            headers: HeaderMap::from_pairs(vec![("vary".into(), "Accept-Encoding".into())]),
-        };
-        ex.on_response_headers(&mut resp, &mut MemoryHost::default());
+        let resp = respond(&mut ex, 200, &[("vary", "Accept-Encoding")]);
         assert_eq!(resp.headers.get("vary"), Some("Accept-Encoding, Origin"));
         assert_eq!(
             resp.headers.get("access-control-allow-origin"),
@@ -865,7 +1051,7 @@ mod tests {
     fn no_host_call_is_made_for_a_request_that_needs_none() {
         let mut ex = Exchange::new(registry(config()));
         let mut host = MemoryHost::default();
-        ex.on_request_headers(&mut request("GET", "/Org/echo/1.0/x", &[]), &mut host);
+        ex.on_request_headers(request("GET", "/Org/echo/1.0/x", &[]).headers, &mut host);
         assert_eq!(host.calls, crate::host::HostCalls::default());
     }
 
@@ -876,15 +1062,15 @@ mod tests {
         c["apis"][0]["apiPolicies"] = json!([block("203.0.113.7")]);
         let mut ex = Exchange::new(registry(c));
         let mut host = MemoryHost::with_downstream("10.0.0.1:1");
-        let mut req = request(
+        let req = request(
             "GET",
             "/Org/echo/1.0/x",
             &[("x-tollgate-client-address", "203.0.113.7")],
         );
-        let step = ex.on_request_headers(&mut req, &mut host);
+        let step = ex.on_request_headers(req.headers.clone(), &mut host);
         assert_eq!(reply(step).status, 403);
         assert_eq!(host.calls.downstream_address, 0);
-        assert_eq!(req.headers.get("x-tollgate-client-address"), None);
+        assert_eq!(ex.request().headers.get("x-tollgate-client-address"), None);
     }
 
     #[test]

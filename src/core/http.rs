@@ -210,11 +210,12 @@ pub fn split_query(path: &str) -> (&str, Option<&str>) {
 }
 
 /// Removes every `name=...` parameter from a raw query string, keeping the rest byte for byte.
-/// Returns `None` when nothing is left.
+/// Names compare case-insensitively, as in Apiman's `QueryMap`. Returns `None` when nothing is
+/// left.
 pub fn query_without(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| !pair.is_empty() && query_param_name(pair) != name)
+        .filter(|pair| !pair.is_empty() && !query_param_name(pair).eq_ignore_ascii_case(name))
         .collect();
     if kept.is_empty() {
         None
@@ -227,11 +228,12 @@ fn query_param_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(k, _)| k)
 }
 
-/// The first value of query parameter `name`, percent-decoded (`+` reads as a space).
+/// The first value of query parameter `name` (case-insensitive, as in Apiman's `QueryMap`),
+/// percent-decoded (`+` reads as a space).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
-        .find(|pair| query_param_name(pair) == name)
+        .find(|pair| query_param_name(pair).eq_ignore_ascii_case(name))
         .map(|pair| percent_decode(pair.split_once('=').map_or("", |(_, v)| v)))
 }
 
@@ -344,6 +346,15 @@ mod tests {
         );
         assert_eq!(query_param("apikey", "apikey").as_deref(), Some(""));
         assert_eq!(query_param("x=1", "apikey"), None);
+    }
+
+    #[test]
+    fn query_names_compare_case_insensitively_as_in_apiman() {
+        assert_eq!(query_param("ApiKey=k", "apikey").as_deref(), Some("k"));
+        assert_eq!(
+            query_without("a=1&APIKEY=k", "apikey").as_deref(),
+            Some("a=1")
+        );
     }
 
     #[test]

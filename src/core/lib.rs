@@ -8,14 +8,18 @@
 pub mod chain;
 pub mod client_ip;
 pub mod config;
+pub mod counters;
 pub mod errors;
 pub mod exchange;
 pub mod host;
 pub mod http;
+pub mod json;
+pub mod model;
 pub mod pattern;
 pub mod policy;
 pub mod registry;
 
+use config::Env;
 use registry::Registry;
 
 /// A configuration that loaded, with the warnings worth telling its author.
@@ -24,12 +28,13 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Parses, validates and compiles a configuration document. On failure, returns one line per
-/// problem, each naming its JSON path.
-pub fn load(bytes: &[u8]) -> Result<Loaded, Vec<String>> {
-    let (config, mut problems) = config::parse(bytes);
+/// Parses, validates and compiles a configuration document; `env` resolves `${NAME}`
+/// properties and environment-valued settings. On failure, returns one line per problem, each
+/// naming its JSON path.
+pub fn load(bytes: &[u8], env: Env) -> Result<Loaded, Vec<String>> {
+    let (config, mut problems) = config::parse(bytes, env);
     // Cross-references are checked even when parsing found problems, so one load reports all.
-    match Registry::build(config, &mut problems) {
+    match Registry::build(config, env, &mut problems) {
         Some(registry) if problems.is_ok() => Ok(Loaded {
             registry,
             warnings: problems.warnings,
@@ -45,7 +50,8 @@ mod robustness {
     use super::*;
     use crate::exchange::Exchange;
     use crate::host::MemoryHost;
-    use crate::http::{HeaderMap, Request, Response};
+    use crate::http::HeaderMap;
+    use crate::policy::Body;
     use std::rc::Rc;
 
     struct Rng(u64);
@@ -108,7 +114,7 @@ mod robustness {
     #[test]
     fn mangled_configurations_are_refused_or_loaded_never_panic() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        assert!(load(CONFIG.as_bytes()).is_ok());
+        assert!(load(CONFIG.as_bytes(), &config::no_env).is_ok());
         for _ in 0..3000 {
             let mut bytes = CONFIG.as_bytes().to_vec();
             for _ in 0..(rng.next() % 4 + 1) {
@@ -124,14 +130,14 @@ mod robustness {
                     }
                 }
             }
-            let _ = load(&bytes);
+            let _ = load(&bytes, &config::no_env);
         }
     }
 
     #[test]
     fn random_requests_get_an_answer_never_a_panic() {
         let registry = Rc::new(
-            load(CONFIG.as_bytes())
+            load(CONFIG.as_bytes(), &config::no_env)
                 .unwrap_or_else(|e| panic!("{e:?}"))
                 .registry,
         );
@@ -163,10 +169,8 @@ mod robustness {
                 let len = (rng.next() % 10) as usize;
                 pairs.push((rng.pick(&names).to_string(), rng.text(len)));
             }
-            let mut request = Request {
-                method,
-                headers: HeaderMap::from_pairs(pairs),
-            };
+            let _ = method;
+            let headers = HeaderMap::from_pairs(pairs);
             let address = rng.pick(&[
                 "10.0.0.5:1",
                 "[::1]:2",
@@ -176,12 +180,12 @@ mod robustness {
             ]);
             let mut host = MemoryHost::with_downstream(address);
             let mut exchange = Exchange::new(registry.clone());
-            let _ = exchange.on_request_headers(&mut request, &mut host);
-            let mut response = Response {
-                status: 200,
-                headers: HeaderMap::from_pairs(vec![(":status".into(), "200".into())]),
-            };
-            let _ = exchange.on_response_headers(&mut response, &mut host);
+            let _ = exchange.on_request_headers(headers, &mut host);
+            let _ = exchange.on_request_body(Body::new(b"x".to_vec()), &mut host);
+            let response = HeaderMap::from_pairs(vec![(":status".into(), "200".into())]);
+            let _ = exchange.on_response_headers(response, &mut host);
+            let _ = exchange.on_response_body(Body::new(b"y".to_vec()), &mut host);
+            exchange.on_complete(&mut host);
         }
     }
 }

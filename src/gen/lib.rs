@@ -67,7 +67,7 @@ pub fn generate(
 
     // The filter's own loader checks the registry as Envoy will.
     let plugin_json = serde_json::to_string_pretty(&resolution.registry).unwrap_or_default();
-    match tollgate_core::load(plugin_json.as_bytes()) {
+    match tollgate_core::load(plugin_json.as_bytes(), &|n| std::env::var(n).ok()) {
         Ok(loaded) => findings
             .warnings
             .extend(loaded.warnings.into_iter().map(|w| format!("registry.{w}"))),

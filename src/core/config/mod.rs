@@ -6,101 +6,32 @@
 //! collected with their JSON path, so a refused configuration says everything that is wrong.
 
 pub mod apiman;
-pub mod json;
-
-use std::rc::Rc;
 
 use serde_json::Value;
 
-use crate::client_ip::TrustedProxies;
-use crate::policy::Policy;
-use json::{Fields, Problems};
+use crate::json::{Fields, Problems};
+use crate::model::strip_prefix_ignore_case;
+pub use crate::model::{Endpoint, GatewaySettings};
+use crate::policy::PolicyKind;
 
-/// A policy as configured: where it was found, its kind, and its compiled form.
+/// A policy as configured, not yet compiled: where it was found, its kind, and its
+/// configuration (with `${...}` properties already substituted). The registry compiles it.
 #[derive(Clone)]
-pub struct PolicyConfig {
+pub struct PolicySpec {
     pub path: String,
-    pub id: &'static str,
-    pub policy: Rc<dyn Policy>,
+    pub kind: &'static PolicyKind,
+    /// `config` or `policyJsonConfig`: how the configuration's own paths are reported.
+    pub config_field: &'static str,
+    pub config: Value,
 }
 
-/// Where an API's traffic goes: parsed from Apiman's `endpoint` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub url: String,
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-    /// `host` or `host:port` as written in the URL; what goes into `:authority` (Apiman sets
-    /// `Host` the same way).
-    pub authority: String,
-    /// The path as written (`""` for none); joined with the request's resource as Apiman does.
-    pub path: String,
-}
+/// Looks up environment variables: the VM's environment in Envoy (`vm_config.environment_variables`),
+/// a map in tests. Configuration reads the environment only through this.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let trimmed = url.trim();
-        let (https, rest) = if let Some(r) = strip_prefix_ignore_case(trimmed, "https://") {
-            (true, r)
-        } else if let Some(r) = strip_prefix_ignore_case(trimmed, "http://") {
-            (false, r)
-        } else {
-            return Err(format!("\"{url}\" is not an http:// or https:// URL"));
-        };
-        let (authority, path) = match rest.find(['/', '?', '#']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let authority = authority.rsplit('@').next().unwrap_or(authority);
-        let default_port = if https { 443 } else { 80 };
-        let (host, port) = split_host_port(authority)
-            .ok_or_else(|| format!("\"{url}\" has an invalid host or port"))?;
-        if host.is_empty() {
-            return Err(format!("\"{url}\" has no host"));
-        }
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        Ok(Endpoint {
-            url: trimmed.to_string(),
-            https,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port: port.unwrap_or(default_port),
-            authority: authority.to_string(),
-            path: path.to_string(),
-        })
-    }
-
-    /// The default Envoy cluster name for an endpoint without an explicit `cluster`.
-    pub fn default_cluster(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    // `get` rather than indexing: the cut may fall inside a multi-byte character.
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| s.get(prefix.len()..))
-        .flatten()
-}
-
-/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; `None` if the port is not a number.
-fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let host = &authority[..=end];
-        return match &authority[end + 1..] {
-            "" => Some((host, None)),
-            rest => Some((host, Some(rest.strip_prefix(':')?.parse().ok()?))),
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
-        None => Some((authority, None)),
-    }
+/// An environment with nothing in it.
+pub fn no_env(_: &str) -> Option<String> {
+    None
 }
 
 /// An Apiman `Api` bean plus tollgate's `cluster`.
@@ -118,7 +49,7 @@ pub struct ApiConfig {
     pub xml: bool,
     /// Upstream BASIC credentials from `endpointProperties` (`authorization.type: basic`).
     pub basic_auth: Option<(String, String)>,
-    pub policies: Vec<PolicyConfig>,
+    pub policies: Vec<PolicySpec>,
 }
 
 /// An Apiman `Client` bean plus tollgate's `apiKeyHash` and client-level `policies`.
@@ -131,7 +62,7 @@ pub struct ClientConfig {
     pub key: ClientKey,
     /// Where the key was configured, for messages (`clients[0].apiKey`).
     pub key_path: String,
-    pub policies: Vec<PolicyConfig>,
+    pub policies: Vec<PolicySpec>,
     pub contracts: Vec<ContractConfig>,
 }
 
@@ -150,7 +81,10 @@ pub struct ContractConfig {
     pub api_id: String,
     pub api_version: String,
     pub plan: Option<String>,
-    pub policies: Vec<PolicyConfig>,
+    pub policies: Vec<PolicySpec>,
+    /// Whether the contract carries a `policies` list at all (an Apiman export always does,
+    /// even an empty one).
+    pub lists_policies: bool,
     /// Apiman 1.x kept the API key on each contract rather than on the client.
     pub api_key: Option<String>,
 }
@@ -160,36 +94,7 @@ pub struct ContractConfig {
 pub struct PlanConfig {
     pub path: String,
     pub plan_id: String,
-    pub policies: Vec<PolicyConfig>,
-}
-
-/// The `gateway` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewaySettings {
-    /// The request header carrying the API key (Apiman: `X-API-Key`).
-    pub api_key_header: String,
-    /// The query parameter carrying the API key (Apiman: `apikey`).
-    pub api_key_query_param: String,
-    /// The header the filter writes the API's cluster into, for a `cluster_header` route.
-    pub cluster_header: String,
-    /// Proxies in front of the gateway, for `X-Forwarded-For` / `Forwarded` parsing.
-    pub trusted_proxies: TrustedProxies,
-    /// A request header that an Envoy filter before tollgate overwrites with the downstream
-    /// address (see envoy/gateway.yaml). Reading it from the headers tollgate fetches anyway
-    /// saves a property lookup per request. Unset: the `source.address` property is used.
-    pub client_address_header: Option<String>,
-}
-
-impl Default for GatewaySettings {
-    fn default() -> Self {
-        GatewaySettings {
-            api_key_header: "x-api-key".to_string(),
-            api_key_query_param: "apikey".to_string(),
-            cluster_header: "x-tollgate-cluster".to_string(),
-            trusted_proxies: TrustedProxies::default(),
-            client_address_header: None,
-        }
-    }
+    pub policies: Vec<PolicySpec>,
 }
 
 /// A parsed configuration; cross-references are checked when the registry is built from it.
@@ -202,7 +107,7 @@ pub struct GatewayConfig {
 }
 
 /// Parses a configuration document. Returns what could be parsed plus every problem found.
-pub fn parse(bytes: &[u8]) -> (GatewayConfig, Problems) {
+pub fn parse(bytes: &[u8], env: Env) -> (GatewayConfig, Problems) {
     let mut problems = Problems::default();
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -214,11 +119,11 @@ pub fn parse(bytes: &[u8]) -> (GatewayConfig, Problems) {
             return (GatewayConfig::default(), problems);
         }
     };
-    let config = parse_value(&value, &mut problems);
+    let config = parse_value(&value, env, &mut problems);
     (config, problems)
 }
 
-pub fn parse_value(value: &Value, problems: &mut Problems) -> GatewayConfig {
+pub fn parse_value(value: &Value, env: Env, problems: &mut Problems) -> GatewayConfig {
     let mut config = GatewayConfig::default();
     let Some(mut top) = Fields::of(value, "", problems) else {
         return config;
@@ -228,17 +133,17 @@ pub fn parse_value(value: &Value, problems: &mut Problems) -> GatewayConfig {
         g.finish(problems);
     }
     for (path, v) in top.array(&["apis"], problems) {
-        if let Some(api) = parse_api(v, &path, problems) {
+        if let Some(api) = parse_api(v, &path, env, problems) {
             config.apis.push(api);
         }
     }
     for (path, v) in top.array(&["clients"], problems) {
-        if let Some(client) = parse_client(v, &path, problems) {
+        if let Some(client) = parse_client(v, &path, env, problems) {
             config.clients.extend(split_by_contract_keys(client));
         }
     }
     for (path, v) in top.array(&["plans"], problems) {
-        if let Some(plan) = parse_plan(v, &path, problems) {
+        if let Some(plan) = parse_plan(v, &path, env, problems) {
             config.plans.push(plan);
         }
     }
@@ -320,7 +225,7 @@ fn required(f: &mut Fields, names: &[&str], problems: &mut Problems) -> String {
     }
 }
 
-fn parse_api(v: &Value, path: &str, problems: &mut Problems) -> Option<ApiConfig> {
+fn parse_api(v: &Value, path: &str, env: Env, problems: &mut Problems) -> Option<ApiConfig> {
     let mut f = Fields::of(v, path, problems)?;
     let organization_id = required(&mut f, &["organizationId"], problems);
     let api_id = required(&mut f, &["apiId"], problems);
@@ -358,7 +263,7 @@ fn parse_api(v: &Value, path: &str, problems: &mut Problems) -> Option<ApiConfig
         .object(&["endpointProperties"], problems)
         .and_then(|props| endpoint_basic_auth(props, problems));
     f.ignore(&["parsePayload", "maxPayloadBufferSize", "tenantId"]);
-    let policies = parse_policies(&mut f, &["apiPolicies", "policies"], problems);
+    let policies = parse_policies(&mut f, &["apiPolicies", "policies"], env, problems);
     f.finish(problems);
     Some(ApiConfig {
         path: path.to_string(),
@@ -399,7 +304,7 @@ fn endpoint_basic_auth(mut props: Fields, problems: &mut Problems) -> Option<(St
     }
 }
 
-fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<ClientConfig> {
+fn parse_client(v: &Value, path: &str, env: Env, problems: &mut Problems) -> Option<ClientConfig> {
     let mut f = Fields::of(v, path, problems)?;
     let organization_id = required(&mut f, &["organizationId"], problems);
     let client_id = required(&mut f, &["clientId"], problems);
@@ -428,10 +333,10 @@ fn parse_client(v: &Value, path: &str, problems: &mut Problems) -> Option<Client
         },
         (None, None) => ClientKey::Missing,
     };
-    let policies = parse_policies(&mut f, &["policies"], problems);
+    let policies = parse_policies(&mut f, &["policies"], env, problems);
     let mut contracts = Vec::new();
     for (cpath, cv) in f.array(&["contracts"], problems) {
-        if let Some(c) = parse_contract(cv, &cpath, problems) {
+        if let Some(c) = parse_contract(cv, &cpath, env, problems) {
             contracts.push(c);
         }
     }
@@ -502,7 +407,12 @@ fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<ContractConfig> {
+fn parse_contract(
+    v: &Value,
+    path: &str,
+    env: Env,
+    problems: &mut Problems,
+) -> Option<ContractConfig> {
     let mut f = Fields::of(v, path, problems)?;
     let api_org_id = required(&mut f, &["apiOrgId"], problems);
     let api_id = required(&mut f, &["apiId"], problems);
@@ -510,7 +420,8 @@ fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<Cont
     let plan = f
         .string(&["plan"], problems)
         .filter(|p| !p.trim().is_empty());
-    let policies = parse_policies(&mut f, &["policies"], problems);
+    let lists_policies = f.has("policies");
+    let policies = parse_policies(&mut f, &["policies"], env, problems);
     let api_key = f.string(&["apiKey"], problems).filter(|k| !k.is_empty());
     f.finish(problems);
     Some(ContractConfig {
@@ -520,15 +431,16 @@ fn parse_contract(v: &Value, path: &str, problems: &mut Problems) -> Option<Cont
         api_version,
         plan,
         policies,
+        lists_policies,
         api_key,
     })
 }
 
-fn parse_plan(v: &Value, path: &str, problems: &mut Problems) -> Option<PlanConfig> {
+fn parse_plan(v: &Value, path: &str, env: Env, problems: &mut Problems) -> Option<PlanConfig> {
     let mut f = Fields::of(v, path, problems)?;
     let plan_id = required(&mut f, &["planId", "id"], problems);
     f.ignore(&["organizationId", "version", "name", "description"]);
-    let policies = parse_policies(&mut f, &["policies"], problems);
+    let policies = parse_policies(&mut f, &["policies"], env, problems);
     f.finish(problems);
     Some(PlanConfig {
         path: path.to_string(),
@@ -537,10 +449,15 @@ fn parse_plan(v: &Value, path: &str, problems: &mut Problems) -> Option<PlanConf
     })
 }
 
-fn parse_policies(f: &mut Fields, names: &[&str], problems: &mut Problems) -> Vec<PolicyConfig> {
+fn parse_policies(
+    f: &mut Fields,
+    names: &[&str],
+    env: Env,
+    problems: &mut Problems,
+) -> Vec<PolicySpec> {
     f.array(names, problems)
         .into_iter()
-        .filter_map(|(path, v)| apiman::parse_policy(v, &path, problems))
+        .filter_map(|(path, v)| apiman::parse_policy(v, &path, env, problems))
         .collect()
 }
 
@@ -551,32 +468,12 @@ mod tests {
 
     fn errors_of(config: Value) -> Vec<String> {
         let mut p = Problems::default();
-        parse_value(&config, &mut p);
+        parse_value(&config, &no_env, &mut p);
         p.errors
     }
 
     #[test]
-    fn endpoints_split_into_authority_and_path() {
-        let e = Endpoint::parse("http://127.0.0.1:8080/echo/").unwrap();
-        assert_eq!(e.authority, "127.0.0.1:8080");
-        assert_eq!(e.path, "/echo/");
-        assert_eq!(e.default_cluster(), "127.0.0.1:8080");
-        let e = Endpoint::parse("https://api.example.com").unwrap();
-        assert_eq!(
-            (e.authority.as_str(), e.port, e.path.as_str()),
-            ("api.example.com", 443, "")
-        );
-        let e = Endpoint::parse("http://[::1]:9000/x?y=1").unwrap();
-        assert_eq!(
-            (e.authority.as_str(), e.host.as_str(), e.path.as_str()),
-            ("[::1]:9000", "::1", "/x")
-        );
-    }
-
-    #[test]
-    fn a_non_ascii_endpoint_is_an_error_not_a_panic() {
-        assert!(Endpoint::parse("ñññññññññ").is_err());
-        assert!(Endpoint::parse("httpñ://x").is_err());
+    fn a_non_ascii_key_hash_is_an_error_not_a_panic() {
         assert!(parse_key_hash("sha25ñ:00").is_none());
     }
 
@@ -621,6 +518,7 @@ mod tests {
         let c = parse_value(
             &json!({"gateway": {"apiKeyHeader": "X-Key", "apiKeyQueryParam": "key",
                                 "trustedProxies": ["10.0.0.0/8", "192.0.2.1"], "trustedHops": 1}}),
+            &no_env,
             &mut p,
         );
         assert!(p.is_ok(), "{:?}", p.errors);
@@ -638,6 +536,7 @@ mod tests {
                 "contracts": [
                     {"apiKey": "k1", "apiOrgId": "o", "apiId": "a", "apiVersion": "1"},
                     {"apiKey": "k2", "apiOrgId": "o", "apiId": "b", "apiVersion": "1"}]}]}),
+            &no_env,
             &mut p,
         );
         assert!(p.is_ok(), "{:?}", p.errors);
@@ -659,7 +558,7 @@ mod tests {
 
     #[test]
     fn invalid_json_is_one_clear_error() {
-        let (_, p) = parse(b"{\"apis\": [");
+        let (_, p) = parse(b"{\"apis\": [", &no_env);
         assert_eq!(p.errors.len(), 1);
         assert!(
             p.errors[0].starts_with("(configuration): not valid JSON"),
@@ -676,6 +575,7 @@ mod tests {
                 "endpoint": "http://x", "endpointProperties": {
                     "authorization.type": "basic", "basic-auth.username": "u",
                     "basic-auth.password": "p"}}]}),
+            &no_env,
             &mut p,
         );
         assert!(p.is_ok(), "{:?}", p.errors);

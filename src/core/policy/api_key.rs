@@ -1,13 +1,28 @@
 //! API Key (Apiman plugin `apikey-policy`): passes the request's API key on to the backend in a
 //! header of your choice, although the gateway strips the key it authenticated with.
 
-use super::{Context, Phases, Policy, PolicyKind, Verdict};
+use super::{Capabilities, Context, FieldDoc, Phase, PhaseSet, Policy, PolicyKind, Verdict};
 use crate::http::Request;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "api-key",
+    name: "API Key",
     apiman_names: &["apikey-policy", "ApiKeyPolicy", "apikey"],
-    build: |f, problems| {
+    summary: "Passes the request's API key on to the backend in a header of your choice (the gateway strips the one it authenticated with).",
+    failures: "none",
+    fields: &[FieldDoc {
+        name: "requestHeader",
+        aliases: &[],
+        ty: "string",
+        default: "X-API-Key",
+        apiman: true,
+        meaning: "the header the backend gets the key in",
+    }],
+    example: r#"{"requestHeader": "X-Backend-Key"}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| {
         let header = f
             .string(&["requestHeader"], problems)
             .map(|h| h.trim().to_string())
@@ -34,8 +49,8 @@ impl Policy for ApiKey {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {

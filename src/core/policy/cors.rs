@@ -12,14 +12,84 @@
 //! `Access-Control-Allow-Origin` at all rather than an empty one; allowed origins may use a
 //! leading wildcard label (`https://*.example.com`).
 
-use super::{Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict};
-use crate::config::json::{Fields, Problems};
+use super::{
+    Capabilities, Context, FailureType, FieldDoc, Phase, PhaseSet, Policy, PolicyFailure,
+    PolicyKind, Verdict,
+};
 use crate::http::{LocalReply, Request};
+use crate::json::{Fields, Problems};
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "cors",
+    name: "CORS",
     apiman_names: &["cors-policy", "CorsPolicy"],
-    build: |f, problems| build(f, problems).map(|p| Box::new(p) as _),
+    summary: "Answers CORS preflights at the gateway and adds the CORS headers to responses (and to later policies' failures).",
+    failures: "400 Authorization, code 400: `CORS: Origin not permitted.` / `CORS: Requested method not allowed or undefined.` / `CORS: Requested header not allowed`",
+    fields: &[
+        FieldDoc {
+            name: "allowOrigin",
+            aliases: &["allowOrigins"],
+            ty: "[string]",
+            default: "[]",
+            apiman: true,
+            meaning: "allowed origins: exact, `*`, or a leading wildcard label `https://*.example.com`; the request's origin is echoed, never `*`",
+        },
+        FieldDoc {
+            name: "allowCredentials",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "`Access-Control-Allow-Credentials: true`",
+        },
+        FieldDoc {
+            name: "exposeHeaders",
+            aliases: &[],
+            ty: "[string]",
+            default: "[]",
+            apiman: true,
+            meaning: "`Access-Control-Expose-Headers`",
+        },
+        FieldDoc {
+            name: "allowHeaders",
+            aliases: &[],
+            ty: "[string]",
+            default: "[]",
+            apiman: true,
+            meaning: "request headers a preflight may ask for (besides the simple ones)",
+        },
+        FieldDoc {
+            name: "allowMethods",
+            aliases: &[],
+            ty: "[string]",
+            default: "[]",
+            apiman: true,
+            meaning: "methods a preflight may ask for",
+        },
+        FieldDoc {
+            name: "maxAge",
+            aliases: &[],
+            ty: "integer",
+            default: "",
+            apiman: true,
+            meaning: "`Access-Control-Max-Age` on preflight answers",
+        },
+        FieldDoc {
+            name: "errorOnCorsFailure",
+            aliases: &[],
+            ty: "boolean",
+            default: "true",
+            apiman: true,
+            meaning: "refuse disallowed requests with 400 (else pass them on without CORS headers)",
+        },
+    ],
+    example: r#"{"allowOrigin": ["https://app.example.com", "https://*.example.org"], "allowCredentials": true,
+                 "exposeHeaders": ["X-Request-Id"], "allowHeaders": ["Content-Type", "X-API-Key"],
+                 "allowMethods": ["GET", "POST"], "maxAge": 600, "errorOnCorsFailure": true}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: true,
+    },
+    build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };
 
 /// The plugin uses the HTTP status as its failure code.
@@ -132,8 +202,8 @@ impl Policy for Cors {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {

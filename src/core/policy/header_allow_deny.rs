@@ -2,15 +2,83 @@
 //! values of named headers. Per entry, the first rule whose regex matches any value of the header
 //! decides; without a match, `allowIfNoRulesMatch` does; without the header, `allowIfHeaderMissing`.
 
-use super::{Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict};
-use crate::config::json::Fields;
+use super::{
+    Capabilities, Context, FailureType, FieldDoc, Phase, PhaseSet, Policy, PolicyFailure,
+    PolicyKind, Verdict,
+};
 use crate::http::Request;
+use crate::json::Fields;
 use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "header-allow-deny",
+    name: "Header Allow/Deny",
     apiman_names: &["header-allow-deny-policy", "HeaderAllowDenyPolicy"],
-    build: |f, problems| {
+    summary: "Allows or refuses requests by the values of their headers, first matching rule per header.",
+    failures: "403 Authorization, code 403: `Request not permitted as header '<h>' missing.` / `Request not permitted as no rules matched.` / `Header '<h>:<v>' not permitted.`",
+    fields: &[
+        FieldDoc {
+            name: "entries",
+            aliases: &[],
+            ty: "[object]",
+            default: "[]",
+            apiman: true,
+            meaning: "one entry per header; every entry must allow the request",
+        },
+        FieldDoc {
+            name: "entries[].headerName",
+            aliases: &[],
+            ty: "string",
+            default: "",
+            apiman: true,
+            meaning: "the header (all its values are checked: any value matching a rule counts)",
+        },
+        FieldDoc {
+            name: "entries[].allowIfHeaderMissing",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "allow requests without the header",
+        },
+        FieldDoc {
+            name: "entries[].allowIfNoRulesMatch",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "allow requests whose header matches no rule",
+        },
+        FieldDoc {
+            name: "entries[].rules",
+            aliases: &[],
+            ty: "[object]",
+            default: "[]",
+            apiman: true,
+            meaning: "tried in order; the first rule matching any value decides",
+        },
+        FieldDoc {
+            name: "entries[].rules[].headerValueRegex",
+            aliases: &[],
+            ty: "string",
+            default: "",
+            apiman: true,
+            meaning: "a regex that must match a whole value",
+        },
+        FieldDoc {
+            name: "entries[].rules[].allowRequest",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "allow (true) or refuse (false) when the rule matches",
+        },
+    ],
+    example: r#"{"entries": [{"headerName": "X-Tenant", "allowIfHeaderMissing": false, "allowIfNoRulesMatch": false, "rules": [{"headerValueRegex": "acme|globex", "allowRequest": true}]}]}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| {
         let mut entries = Vec::new();
         let mut ok = true;
         for (path, value) in f.array(&["entries"], problems) {
@@ -94,8 +162,8 @@ impl Policy for HeaderAllowDeny {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, _cx: &mut Context, request: &mut Request) -> Verdict {

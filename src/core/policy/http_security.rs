@@ -3,14 +3,113 @@
 //! Apiman. Unlike Apiman, a configuration without `hsts` or `contentSecurityPolicy` works
 //! (Apiman answers every request with a 500 then).
 
-use super::{Context, Phases, Policy, PolicyKind, Verdict};
-use crate::config::json::{Fields, Problems};
+use super::{Capabilities, Context, FieldDoc, Phase, PhaseSet, Policy, PolicyKind, Verdict};
 use crate::http::Response;
+use crate::json::{Fields, Problems};
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "http-security",
+    name: "HTTP Security",
     apiman_names: &["http-security-policy", "HttpSecurityPolicy"],
-    build: |f, problems| build(f, problems).map(|p| Box::new(p) as _),
+    summary: "Sets security headers on the backend's responses, overwriting the backend's values (gateway errors are left alone).",
+    failures: "none",
+    fields: &[
+        FieldDoc {
+            name: "hsts",
+            aliases: &[],
+            ty: "object",
+            default: "",
+            apiman: true,
+            meaning: "`Strict-Transport-Security`",
+        },
+        FieldDoc {
+            name: "hsts.enabled",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "send it",
+        },
+        FieldDoc {
+            name: "hsts.maxAge",
+            aliases: &[],
+            ty: "integer",
+            default: "0",
+            apiman: true,
+            meaning: "`max-age` in seconds",
+        },
+        FieldDoc {
+            name: "hsts.includeSubdomains",
+            aliases: &["includeSubDomains"],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "`; includeSubDomains`",
+        },
+        FieldDoc {
+            name: "hsts.preload",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "`; preload`",
+        },
+        FieldDoc {
+            name: "frameOptions",
+            aliases: &[],
+            ty: "DENY|SAMEORIGIN|DISABLED",
+            default: "DISABLED",
+            apiman: true,
+            meaning: "`X-Frame-Options`",
+        },
+        FieldDoc {
+            name: "xssProtection",
+            aliases: &[],
+            ty: "OFF|ON|BLOCK|DISABLED",
+            default: "DISABLED",
+            apiman: true,
+            meaning: "`X-XSS-Protection`: `0`, `1`, `1; mode=block`, or none",
+        },
+        FieldDoc {
+            name: "contentTypeOptions",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "`X-Content-Type-Options: nosniff`",
+        },
+        FieldDoc {
+            name: "contentSecurityPolicy",
+            aliases: &[],
+            ty: "object",
+            default: "",
+            apiman: true,
+            meaning: "`Content-Security-Policy`",
+        },
+        FieldDoc {
+            name: "contentSecurityPolicy.mode",
+            aliases: &[],
+            ty: "ENABLED|REPORT_ONLY|DISABLED",
+            default: "DISABLED",
+            apiman: true,
+            meaning: "enforce, report only (`Content-Security-Policy-Report-Only`), or send nothing",
+        },
+        FieldDoc {
+            name: "contentSecurityPolicy.csp",
+            aliases: &[],
+            ty: "string",
+            default: "\"\"",
+            apiman: true,
+            meaning: "the policy",
+        },
+    ],
+    example: r#"{"hsts": {"enabled": true, "maxAge": 31536000, "includeSubdomains": true, "preload": true},
+                 "frameOptions": "DENY", "xssProtection": "BLOCK", "contentTypeOptions": true,
+                 "contentSecurityPolicy": {"mode": "ENABLED", "csp": "default-src 'self'"}}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };
 
 pub struct HttpSecurity {
@@ -95,8 +194,8 @@ impl Policy for HttpSecurity {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::RESPONSE
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::ResponseHeaders])
     }
 
     fn on_response(&self, _cx: &mut Context, response: &mut Response) -> Verdict {

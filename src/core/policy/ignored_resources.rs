@@ -1,18 +1,63 @@
 //! Ignored Resources (Apiman's `IgnoredResourcesPolicy`): matching paths answer 404 as if they
 //! did not exist.
 
-use super::{Context, FailureType, Phases, Policy, PolicyFailure, PolicyKind, Verdict};
+use super::{
+    Capabilities, Context, FailureType, FieldDoc, Phase, PhaseSet, Policy, PolicyFailure,
+    PolicyKind, Verdict,
+};
 use crate::http::Request;
 use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "ignored-resources",
+    name: "Ignored Resources",
     apiman_names: &["IgnoredResourcesPolicy", "ignored-resources-policy"],
-    build: |f, problems| {
+    summary: "Answers 404 for matching paths: the backend is never called for them.",
+    failures: "10007, 404 NotFound, `Requested path \"<path>\" has been ignored.`",
+    fields: &[
+        FieldDoc {
+            name: "rules",
+            aliases: &[],
+            ty: "[object]",
+            default: "[]",
+            apiman: true,
+            meaning: "the paths to ignore",
+        },
+        FieldDoc {
+            name: "rules[].verb",
+            aliases: &[],
+            ty: "string",
+            default: "*",
+            apiman: true,
+            meaning: "`*` or an HTTP method (case-insensitive)",
+        },
+        FieldDoc {
+            name: "rules[].pathPattern",
+            aliases: &[],
+            ty: "string",
+            default: "",
+            apiman: true,
+            meaning:
+                "a regex that must match the whole resource path (below the API, without the query)",
+        },
+        FieldDoc {
+            name: "pathsToIgnore",
+            aliases: &["pathToIgnore"],
+            ty: "[string]",
+            default: "[]",
+            apiman: true,
+            meaning: "Apiman 1.x form: path regexes for any verb",
+        },
+    ],
+    example: r#"{"rules": [{"verb": "*", "pathPattern": "/internal/.*"}, {"verb": "DELETE", "pathPattern": "/orders/.*"}], "pathsToIgnore": ["/admin.*"]}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| {
         let mut rules = Vec::new();
         let mut ok = true;
         for (path, value) in f.array(&["rules"], problems) {
-            let Some(mut rule) = crate::config::json::Fields::of(value, &path, problems) else {
+            let Some(mut rule) = crate::json::Fields::of(value, &path, problems) else {
                 ok = false;
                 continue;
             };
@@ -67,8 +112,8 @@ impl Policy for IgnoredResources {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {

@@ -1,11 +1,12 @@
 //! IP Allowlist (Apiman's `IPWhitelistPolicy`): only listed client addresses pass.
 
 use super::ip_list::{self, IpListConfig};
-use super::{Context, Phases, Policy, PolicyKind, Verdict};
+use super::{Capabilities, Context, Phase, PhaseSet, Policy, PolicyKind, Verdict};
 use crate::http::Request;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "ip-allowlist",
+    name: "IP Allowlist",
     apiman_names: &[
         "IPWhitelistPolicy",
         "IPAllowlistPolicy",
@@ -13,7 +14,14 @@ pub const KIND: PolicyKind = PolicyKind {
         "ip-whitelist-policy",
         "ip-allowlist-policy",
     ],
-    build: |f, problems| {
+    summary: "Refuses requests whose client address is not in the list.",
+    failures: "10001 `Inbound IP address \"<ip>\" is not included in the white list.`; status from `responseCode`",
+    fields: ip_list::FIELDS,
+    example: r#"{"ipList": ["10.0.0.0/8", "192.168.1.5-192.168.1.9"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| {
         ip_list::parse_config(f, problems).map(|config| Box::new(IpAllowlist { config }) as _)
     },
 };
@@ -30,8 +38,8 @@ impl Policy for IpAllowlist {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {

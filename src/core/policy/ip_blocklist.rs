@@ -2,11 +2,12 @@
 //! allowlist in the same chain, a blocklisted address fails whatever the allowlist says.
 
 use super::ip_list::{self, IpListConfig};
-use super::{Context, Phases, Policy, PolicyKind, Verdict};
+use super::{Capabilities, Context, Phase, PhaseSet, Policy, PolicyKind, Verdict};
 use crate::http::Request;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "ip-blocklist",
+    name: "IP Blocklist",
     apiman_names: &[
         "IPBlacklistPolicy",
         "IPBlocklistPolicy",
@@ -14,7 +15,14 @@ pub const KIND: PolicyKind = PolicyKind {
         "ip-blacklist-policy",
         "ip-blocklist-policy",
     ],
-    build: |f, problems| {
+    summary: "Refuses requests whose client address is in the list; in a chain with an allowlist, the blocklist wins.",
+    failures: "10002 `Inbound IP address \"<ip>\" has been black-listed.`; status from `responseCode`",
+    fields: ip_list::FIELDS,
+    example: r#"{"ipList": ["203.0.113.0/24", "2001:db8::/32"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |_, f, problems| {
         ip_list::parse_config(f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
     },
 };
@@ -31,8 +39,8 @@ impl Policy for IpBlocklist {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
-        Phases::REQUEST
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::RequestHeaders])
     }
 
     fn on_request(&self, cx: &mut Context, request: &mut Request) -> Verdict {

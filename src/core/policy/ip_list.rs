@@ -8,10 +8,37 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Context, FailureType, PolicyFailure};
+use super::{Context, FailureType, FieldDoc, PolicyFailure};
 use crate::client_ip::{self, ClientAddress};
-use crate::config::json::{Fields, Problems};
 use crate::http::Request;
+use crate::json::{Fields, Problems};
+
+pub(super) const FIELDS: &[FieldDoc] = &[
+    FieldDoc {
+        name: "ipList",
+        aliases: &[],
+        ty: "[string]",
+        default: "[]",
+        apiman: true,
+        meaning: "addresses: literal IPv4/IPv6, CIDR (host bits allowed, as `192.168.42.23/24`), dash range `10.0.0.5-10.0.0.9` (ends may be wildcards), wildcard `192.168.*.*` or `10.*.0.1`",
+    },
+    FieldDoc {
+        name: "responseCode",
+        aliases: &[],
+        ty: "integer",
+        default: "0",
+        apiman: true,
+        meaning: "the failure status: 0 → 500 (type Other), 403 → type Authorization, 404 → type NotFound, else that status",
+    },
+    FieldDoc {
+        name: "httpHeader",
+        aliases: &[],
+        ty: "string",
+        default: "",
+        apiman: true,
+        meaning: "read the client address from this header instead of the connection; `X-Forwarded-For` and `Forwarded` are read as hop lists (the right-most hop that is not a trusted proxy)",
+    },
+];
 
 /// A compiled set of addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

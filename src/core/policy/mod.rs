@@ -1,12 +1,16 @@
 //! Policies: one module per policy, all behind the `Policy` trait.
 //!
-//! A policy is compiled once per VM from its configuration (regexes, address tables) and then
-//! called per request with a `Context` and a view of the request or response. It never talks to
-//! the host directly: time, the downstream address and shared state come through the context, so
-//! every policy unit-tests natively.
+//! A policy is compiled once per VM from its configuration (regexes, address tables) by its
+//! kind's `build`, and then called per request with a `Context` and a view of what the phase is
+//! about. It never talks to the host directly: time, the downstream address, shared state and
+//! call-outs go through the context and verdicts, so every policy unit-tests natively.
+//!
+//! Each policy module holds its `KIND`: its id, the names Apiman knows it by, its documentation
+//! (summary and fields, from which the README's reference is generated) and its `build`.
 
 pub mod api_key;
 pub mod cors;
+pub mod docs;
 pub mod header_allow_deny;
 pub mod http_security;
 pub mod ignored_resources;
@@ -20,80 +24,90 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::client_ip;
-use crate::config::json::{Fields, Problems};
+pub use crate::errors::{FailureType, GatewayError, PolicyFailure};
 use crate::host::Host;
-use crate::http::{LocalReply, Request, Response};
-use crate::registry::{Api, Client, Settings};
+use crate::http::{HeaderMap, LocalReply, Request, Response};
+use crate::json::{Fields, Problems};
+use crate::model::{Api, ClientIdentity, Endpoint, GatewaySettings, Identity};
 
-/// Apiman's failure types; each maps to an HTTP status unless the failure names its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureType {
-    Authentication,
-    Authorization,
-    NotFound,
-    Other,
+/// The phases of one exchange, in the order they happen. Response phases run the chain in
+/// reverse (API → plan → client), as Apiman's response chain does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The request headers: resolution, routing and most policies.
+    RequestHeaders,
+    /// Request body chunks as they stream past: their sizes only, nothing is buffered.
+    RequestData,
+    /// The whole request body, buffered until the end of the stream.
+    RequestBody,
+    ResponseHeaders,
+    ResponseData,
+    ResponseBody,
+    /// The stream has ended (Envoy's access-log callback): count what was transferred.
+    Complete,
 }
 
-impl FailureType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureType::Authentication => "Authentication",
-            FailureType::Authorization => "Authorization",
-            FailureType::NotFound => "NotFound",
-            FailureType::Other => "Other",
-        }
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::RequestHeaders,
+        Phase::RequestData,
+        Phase::RequestBody,
+        Phase::ResponseHeaders,
+        Phase::ResponseData,
+        Phase::ResponseBody,
+        Phase::Complete,
+    ];
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
     }
 
-    pub fn status(self) -> u16 {
-        match self {
-            FailureType::Authentication => 401,
-            FailureType::Authorization => 403,
-            FailureType::NotFound => 404,
-            FailureType::Other => 500,
-        }
-    }
-}
-
-/// A policy's refusal of a request, answered with Apiman's policy-failure contract.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyFailure {
-    pub failure_type: FailureType,
-    pub code: u32,
-    pub message: String,
-    /// The policy's own status; used when ≥ 300, else the type decides.
-    pub response_code: u16,
-    /// Extra headers for the failure response (e.g. `WWW-Authenticate`).
-    pub headers: Vec<(String, String)>,
-}
-
-impl PolicyFailure {
-    pub fn new(failure_type: FailureType, code: u32, message: impl Into<String>) -> PolicyFailure {
-        PolicyFailure {
-            failure_type,
-            code,
-            message: message.into(),
-            response_code: 0,
-            headers: Vec::new(),
-        }
+    /// Response phases (and completion) visit the chain from its end.
+    pub fn reversed(self) -> bool {
+        matches!(
+            self,
+            Phase::ResponseHeaders | Phase::ResponseData | Phase::ResponseBody | Phase::Complete
+        )
     }
 
-    pub fn with_status(mut self, status: u16) -> PolicyFailure {
-        self.response_code = status;
-        self
-    }
-
-    /// The HTTP status of the failure response.
-    pub fn status(&self) -> u16 {
-        if self.response_code >= 300 {
-            self.response_code
-        } else {
-            self.failure_type.status()
-        }
+    pub fn is_request(self) -> bool {
+        matches!(
+            self,
+            Phase::RequestHeaders | Phase::RequestData | Phase::RequestBody
+        )
     }
 }
 
-/// An HTTP call a policy needs answered before it can decide (e.g. a JWKS fetch). The chain
-/// pauses, the adapter dispatches it, and the same policy's `on_call_response` continues.
+/// The phases a policy takes part in, so the chain and the adapter skip work nobody needs
+/// (reading response headers, buffering bodies, the completion callback).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseSet(u8);
+
+impl PhaseSet {
+    pub const NONE: PhaseSet = PhaseSet(0);
+
+    pub const fn of(phases: &[Phase]) -> PhaseSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < phases.len() {
+            bits |= phases[i].bit();
+            i += 1;
+        }
+        PhaseSet(bits)
+    }
+
+    pub const fn union(self, other: PhaseSet) -> PhaseSet {
+        PhaseSet(self.0 | other.0)
+    }
+
+    pub const fn contains(self, phase: Phase) -> bool {
+        self.0 & phase.bit() != 0
+    }
+}
+
+/// An HTTP call a policy needs answered before it can decide (a JWKS fetch, an introspection).
+/// The exchange pauses the stream (headers, data and trailers are held), the adapter dispatches
+/// it, and the same policy's `on_call_response` continues the phase that started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOut {
     /// The Envoy cluster to send the call to.
@@ -104,12 +118,29 @@ pub struct CallOut {
     pub timeout: Duration,
 }
 
-/// The answer to a `CallOut`; `status` is 0 when the call failed or timed out.
+/// The answer to a `CallOut`. `status` is 0 when there was none: the call could not be sent
+/// (no such cluster), timed out, or the connection was reset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallResponse {
+    /// The cluster the call went to.
+    pub cluster: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl CallResponse {
+    /// No answer, or the service failed (5xx): nothing to decide on.
+    pub fn failed(&self) -> bool {
+        self.status == 0 || self.status >= 500
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What a policy decides in one phase.
@@ -118,31 +149,12 @@ pub enum Verdict {
     Continue,
     /// Stop the chain and answer with a policy failure.
     Fail(PolicyFailure),
+    /// Stop the chain and answer with a gateway error (`X-Gateway-Error`).
+    Error(GatewayError),
     /// Stop the chain and answer with this response (e.g. a CORS preflight, a cache hit).
     Reply(LocalReply),
     /// Wait for this call's response, then `on_call_response` of the same policy continues.
     CallOut(CallOut),
-}
-
-/// The phases a policy takes part in, so the chain and the adapter skip work nobody needs
-/// (reading response headers, buffering bodies).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Phases(u8);
-
-impl Phases {
-    pub const NONE: Phases = Phases(0);
-    pub const REQUEST: Phases = Phases(1);
-    pub const REQUEST_BODY: Phases = Phases(2);
-    pub const RESPONSE: Phases = Phases(4);
-    pub const RESPONSE_BODY: Phases = Phases(8);
-
-    pub const fn union(self, other: Phases) -> Phases {
-        Phases(self.0 | other.0)
-    }
-
-    pub const fn contains(self, other: Phases) -> bool {
-        self.0 & other.0 == other.0 && other.0 != 0
-    }
 }
 
 /// A request or response body, buffered until the end of the stream.
@@ -153,19 +165,58 @@ pub struct Body {
     pub modified: bool,
 }
 
+impl Body {
+    pub fn new(bytes: Vec<u8>) -> Body {
+        Body {
+            bytes,
+            modified: false,
+        }
+    }
+
+    /// Replaces the body; the adapter writes it back.
+    pub fn replace(&mut self, bytes: Vec<u8>) {
+        self.bytes = bytes;
+        self.modified = true;
+    }
+}
+
+/// What a phase works on, handed to the policy (and back to it with its call-out's answer).
+pub enum Subject<'a> {
+    Request(&'a mut Request),
+    Response(&'a mut Response),
+    /// A whole body and the headers of its direction (still changeable: they are held).
+    Body(&'a mut Body, &'a mut HeaderMap),
+    /// Bytes streaming past (a chunk's size), without buffering.
+    Data {
+        bytes: usize,
+        end_of_stream: bool,
+    },
+    Complete,
+}
+
 pub trait Policy {
     /// The tollgate policy id (e.g. `ip-allowlist`), used in messages.
     fn id(&self) -> &'static str;
 
     /// The phases this policy needs.
-    fn phases(&self) -> Phases;
+    fn phases(&self) -> PhaseSet;
 
     fn on_request(&self, _cx: &mut Context, _request: &mut Request) -> Verdict {
         Verdict::Continue
     }
 
-    /// Called once with the whole request body (only if `phases` has `REQUEST_BODY`).
-    fn on_request_body(&self, _cx: &mut Context, _body: &mut Body) -> Verdict {
+    /// A request body chunk of `bytes` went past (only with `RequestData`).
+    fn on_request_data(&self, _cx: &mut Context, _bytes: usize, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The whole request body (only with `RequestBody`); the request headers may still change.
+    fn on_request_body(
+        &self,
+        _cx: &mut Context,
+        _body: &mut Body,
+        _headers: &mut HeaderMap,
+    ) -> Verdict {
         Verdict::Continue
     }
 
@@ -173,19 +224,49 @@ pub trait Policy {
         Verdict::Continue
     }
 
-    /// Called once with the whole response body (only if `phases` has `RESPONSE_BODY`).
-    fn on_response_body(&self, _cx: &mut Context, _body: &mut Body) -> Verdict {
+    /// A response body chunk of `bytes` went past (only with `ResponseData`).
+    fn on_response_data(&self, _cx: &mut Context, _bytes: usize, _end_of_stream: bool) -> Verdict {
         Verdict::Continue
     }
 
-    /// The answer to this policy's `CallOut`; decides as the phase callback would have.
-    fn on_call_response(&self, _cx: &mut Context, _response: &CallResponse) -> Verdict {
+    /// The whole response body (only with `ResponseBody`); the response headers may still change.
+    fn on_response_body(
+        &self,
+        _cx: &mut Context,
+        _body: &mut Body,
+        _headers: &mut HeaderMap,
+    ) -> Verdict {
         Verdict::Continue
     }
+
+    /// The stream has ended, whatever its outcome (only with `Complete`).
+    fn on_complete(&self, _cx: &mut Context) {}
+
+    /// The answer to this policy's `CallOut`, with the view of the phase that made it; decides as
+    /// that phase would have. The default refuses the request: a policy that makes call-outs
+    /// says what an answer means, and no answer never lets a request through.
+    fn on_call_response(
+        &self,
+        _cx: &mut Context,
+        response: &CallResponse,
+        _subject: Subject,
+    ) -> Verdict {
+        Verdict::Error(GatewayError::CallOutFailed {
+            cluster: response.cluster.clone(),
+        })
+    }
+
+    /// Whether `on_tick` has work to do (sweeping, refreshing).
+    fn wants_tick(&self) -> bool {
+        false
+    }
+
+    /// Called periodically on every worker VM, outside any request.
+    fn on_tick(&self, _host: &mut dyn Host, _now: SystemTime) {}
 }
 
 /// Per-request state kept across phases: host facts fetched at most once, headers to add to
-/// whatever response goes back, and one private slot per policy in the chain.
+/// whatever response goes back, who the request is, and one private slot per policy in the chain.
 #[derive(Default)]
 pub struct RequestState {
     now: Option<SystemTime>,
@@ -200,19 +281,12 @@ pub struct RequestState {
     pub resource: String,
     /// The raw query string as it goes to the backend (API key removed unless kept).
     pub query: Option<String>,
+    /// Who the request is, as authentication policies established it.
+    pub identity: Identity,
+    /// The response status, once there is one (the backend's or the gateway's).
+    pub status: Option<u16>,
     /// One private slot per chain position (see `Context::slot`).
     pub slots: Vec<Option<Box<dyn Any>>>,
-}
-
-/// What a policy sees besides the request/response view.
-pub struct Context<'a> {
-    pub api: &'a Api,
-    pub client: Option<&'a Client>,
-    pub settings: &'a Settings,
-    pub state: &'a mut RequestState,
-    pub host: &'a mut dyn Host,
-    /// The position of the running policy in the chain: its slot.
-    pub position: usize,
 }
 
 impl RequestState {
@@ -221,6 +295,20 @@ impl RequestState {
     pub fn set_downstream(&mut self, ip: Option<IpAddr>) {
         self.downstream = Some(ip);
     }
+}
+
+/// What a policy sees besides the view of its phase.
+pub struct Context<'a> {
+    pub api: &'a Api,
+    /// The client whose key the request carried (none for public requests).
+    pub client: Option<&'a ClientIdentity>,
+    /// The plan of the contract the request runs under.
+    pub plan: Option<&'a str>,
+    pub settings: &'a GatewaySettings,
+    pub state: &'a mut RequestState,
+    pub host: &'a mut dyn Host,
+    /// The position of the running policy in the chain: its slot.
+    pub position: usize,
 }
 
 impl Context<'_> {
@@ -263,6 +351,14 @@ impl Context<'_> {
         }
     }
 
+    pub fn identity(&self) -> &Identity {
+        &self.state.identity
+    }
+
+    pub fn identity_mut(&mut self) -> &mut Identity {
+        &mut self.state.identity
+    }
+
     /// Adds a header to whatever response goes back, backend's or gateway's.
     pub fn add_response_header(&mut self, name: &str, value: &str) {
         self.state
@@ -288,16 +384,105 @@ impl Context<'_> {
     }
 }
 
-/// Everything tollgate knows about one policy kind: its id, the names Apiman uses for it, and
-/// how to compile its configuration.
+/// A service a policy calls (a JWKS URL, an introspection endpoint): the Envoy cluster the
+/// call goes through and the URL's parts. tollgate-gen creates the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTarget {
+    pub cluster: String,
+    pub endpoint: Endpoint,
+}
+
+/// What a policy's `build` gets besides its configuration.
+pub struct BuildContext<'a> {
+    /// Stable across worker VMs and reloads for the same kind and configuration: a namespace
+    /// for shared counters and metrics.
+    pub instance_id: &'a str,
+    pub settings: &'a GatewaySettings,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    /// Services this policy calls.
+    pub call_targets: Vec<CallTarget>,
+}
+
+impl<'a> BuildContext<'a> {
+    pub fn new(
+        instance_id: &'a str,
+        settings: &'a GatewaySettings,
+        env: &'a dyn Fn(&str) -> Option<String>,
+    ) -> BuildContext<'a> {
+        BuildContext {
+            instance_id,
+            settings,
+            env,
+            call_targets: Vec::new(),
+        }
+    }
+
+    /// An environment variable of the VM (Envoy's `vm_config.environment_variables`).
+    pub fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// Declares a service this policy calls at `url`, through `cluster` or by default the
+    /// cluster named `host:port` of the URL (as backends are named). Returns the target.
+    pub fn call_target(&mut self, url: &str, cluster: Option<&str>) -> Result<CallTarget, String> {
+        let endpoint = Endpoint::parse(url)?;
+        let cluster = match cluster.map(str::trim) {
+            Some("") => return Err("cluster must not be empty".to_string()),
+            Some(c) => c.to_string(),
+            None => endpoint.default_cluster(),
+        };
+        let target = CallTarget { cluster, endpoint };
+        if !self.call_targets.contains(&target) {
+            self.call_targets.push(target.clone());
+        }
+        Ok(target)
+    }
+}
+
+/// One field of a policy's configuration, for the generated reference.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldDoc {
+    /// The name as written in the configuration (Apiman's, where Apiman has the field); nested
+    /// fields as `rules[].verb`.
+    pub name: &'static str,
+    /// Other spellings accepted (Apiman's docs and code disagree on some).
+    pub aliases: &'static [&'static str],
+    /// `string`, `boolean`, `integer`, `[string]`, `object`, `[object]`, or `A|B|C` for a choice.
+    pub ty: &'static str,
+    /// The default when absent (`` for none: required or simply unset).
+    pub default: &'static str,
+    /// Whether Apiman has this field (else it is tollgate's own).
+    pub apiman: bool,
+    pub meaning: &'static str,
+}
+
+/// What a policy kind can do beyond its phases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    /// Answers a keyless CORS preflight to a private API (browsers never send the API key on a
+    /// preflight): the API's policies of such kinds run for it instead of a 403.
+    pub answers_keyless_preflight: bool,
+}
+
+/// Everything tollgate knows about one policy kind.
 pub struct PolicyKind {
     /// tollgate's id, used in the friendly form `{"policy": "<id>", "config": {...}}`.
     pub id: &'static str,
+    /// The name Apiman's UI shows.
+    pub name: &'static str,
     /// Apiman's names: the class of `class:` policy impls, the plugin artifact and class of
     /// `plugin:` impls, and the policy definition ids. Matched case-insensitively.
     pub apiman_names: &'static [&'static str],
-    /// Compiles the configuration; problems are reported with paths below `config`'s path.
-    pub build: fn(&mut Fields, &mut Problems) -> Option<Box<dyn Policy>>,
+    /// One line: what the policy does.
+    pub summary: &'static str,
+    /// Failure codes and statuses, one line.
+    pub failures: &'static str,
+    pub fields: &'static [FieldDoc],
+    /// A configuration that uses every documented field.
+    pub example: &'static str,
+    pub capabilities: Capabilities,
+    /// Compiles the configuration; problems are reported with paths below the configuration.
+    pub build: fn(&mut BuildContext, &mut Fields, &mut Problems) -> Option<Box<dyn Policy>>,
 }
 
 /// Every policy tollgate implements.
@@ -312,60 +497,102 @@ pub const KINDS: &[PolicyKind] = &[
     cors::KIND,
 ];
 
-/// Apiman policies tollgate knows but does not implement yet. A registry using one is refused
+/// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
 /// rather than loaded without it: silently skipping an authentication or limiting policy would
 /// open the API.
-pub const NOT_YET_IMPLEMENTED: &[(&str, &[&str])] = &[
-    (
-        "basic-auth",
-        &[
+pub struct PlannedKind {
+    pub id: &'static str,
+    pub apiman_names: &'static [&'static str],
+    pub name: &'static str,
+}
+
+pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
+    PlannedKind {
+        id: "basic-auth",
+        apiman_names: &[
             "BASICAuthenticationPolicy",
             "basic-auth",
             "BasicAuthenticationPolicy",
         ],
-    ),
-    ("authorization", &["AuthorizationPolicy", "authorization"]),
-    (
-        "soap-authorization",
-        &["soap-authorization-policy", "SoapAuthorizationPolicy"],
-    ),
-    ("jwt", &["jwt-policy", "JWTPolicy"]),
-    (
-        "keycloak-oauth",
-        &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
-    ),
-    (
-        "time-restricted-access",
-        &["TimeRestrictedAccessPolicy", "time-restricted-access"],
-    ),
-    ("rate-limiting", &["RateLimitingPolicy", "rate-limiting"]),
-    ("quota", &["QuotaPolicy", "quota"]),
-    ("transfer-quota", &["TransferQuotaPolicy", "transfer-quota"]),
-    (
-        "caching-resources",
-        &["CachingResourcesPolicy", "CachingPolicy", "caching"],
-    ),
-    ("timeout", &["timeout-policy", "TimeoutPolicy"]),
-    ("jsonp", &["jsonp-policy", "JsonpPolicy"]),
-    ("url-rewriting", &["URLRewritingPolicy", "url-rewriting"]),
+        name: "BASIC Authentication",
+    },
+    PlannedKind {
+        id: "authorization",
+        apiman_names: &["AuthorizationPolicy", "authorization"],
+        name: "Authorization",
+    },
+    PlannedKind {
+        id: "soap-authorization",
+        apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
+        name: "SOAP Authorization",
+    },
+    PlannedKind {
+        id: "jwt",
+        apiman_names: &["jwt-policy", "JWTPolicy"],
+        name: "JWT",
+    },
+    PlannedKind {
+        id: "keycloak-oauth",
+        apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
+        name: "Keycloak OAuth",
+    },
+    PlannedKind {
+        id: "time-restricted-access",
+        apiman_names: &["TimeRestrictedAccessPolicy", "time-restricted-access"],
+        name: "Time Restricted Access",
+    },
+    PlannedKind {
+        id: "rate-limiting",
+        apiman_names: &["RateLimitingPolicy", "rate-limiting"],
+        name: "Rate Limiting",
+    },
+    PlannedKind {
+        id: "quota",
+        apiman_names: &["QuotaPolicy", "quota"],
+        name: "Quota",
+    },
+    PlannedKind {
+        id: "transfer-quota",
+        apiman_names: &["TransferQuotaPolicy", "transfer-quota"],
+        name: "Transfer Quota",
+    },
+    PlannedKind {
+        id: "caching-resources",
+        apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
+        name: "Caching Resources",
+    },
+    PlannedKind {
+        id: "timeout",
+        apiman_names: &["timeout-policy", "TimeoutPolicy"],
+        name: "Timeout",
+    },
+    PlannedKind {
+        id: "jsonp",
+        apiman_names: &["jsonp-policy", "JsonpPolicy"],
+        name: "JSONP",
+    },
+    PlannedKind {
+        id: "url-rewriting",
+        apiman_names: &["URLRewritingPolicy", "url-rewriting"],
+        name: "URL Rewriting",
+    },
 ];
+
+fn named(id: &str, names: &[&str], name: &str) -> bool {
+    id.eq_ignore_ascii_case(name) || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
 
 /// Finds a policy kind by tollgate id or any Apiman name.
 pub fn kind_by_name(name: &str) -> Option<&'static PolicyKind> {
-    KINDS.iter().find(|k| {
-        k.id.eq_ignore_ascii_case(name)
-            || k.apiman_names.iter().any(|n| n.eq_ignore_ascii_case(name))
-    })
+    KINDS.iter().find(|k| named(k.id, k.apiman_names, name))
 }
 
 /// The tollgate id of a known but not yet implemented Apiman policy.
 pub fn not_yet_implemented(name: &str) -> Option<&'static str> {
     NOT_YET_IMPLEMENTED
         .iter()
-        .find(|(id, names)| {
-            id.eq_ignore_ascii_case(name) || names.iter().any(|n| n.eq_ignore_ascii_case(name))
-        })
-        .map(|(id, _)| *id)
+        .find(|k| named(k.id, k.apiman_names, name))
+        .map(|k| k.id)
 }
 
 #[cfg(test)]
@@ -374,25 +601,35 @@ pub(crate) mod testing {
     use super::*;
     use crate::host::MemoryHost;
     use crate::http::HeaderMap;
-    use crate::registry::{Api, Settings};
     use serde_json::Value;
 
     /// Compiles a policy of `kind` from a JSON config, panicking on problems.
     pub fn compile(kind: &PolicyKind, config: Value) -> Box<dyn Policy> {
-        let mut problems = Problems::default();
-        let mut fields = Fields::of(&config, "config", &mut problems).unwrap();
-        let policy = (kind.build)(&mut fields, &mut problems);
+        let (policy, problems) = build(kind, config, &|_| None);
         assert!(problems.errors.is_empty(), "{:?}", problems.errors);
         policy.unwrap()
     }
 
+    /// Compiles with an environment.
+    pub fn build(
+        kind: &PolicyKind,
+        config: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Option<Box<dyn Policy>>, Problems) {
+        let mut problems = Problems::default();
+        let settings = GatewaySettings::default();
+        let mut cx = BuildContext::new("test", &settings, env);
+        let policy = Fields::of(&config, "config", &mut problems).and_then(|mut fields| {
+            let p = (kind.build)(&mut cx, &mut fields, &mut problems);
+            fields.finish(&mut problems);
+            p
+        });
+        (policy, problems)
+    }
+
     /// The errors compiling `config` reports.
     pub fn errors(kind: &PolicyKind, config: Value) -> Vec<String> {
-        let mut problems = Problems::default();
-        if let Some(mut fields) = Fields::of(&config, "config", &mut problems) {
-            let _ = (kind.build)(&mut fields, &mut problems);
-        }
-        problems.errors
+        build(kind, config, &|_| None).1.errors
     }
 
     pub fn request(method: &str, headers: &[(&str, &str)]) -> Request {
@@ -419,10 +656,25 @@ pub(crate) mod testing {
         }
     }
 
+    /// A public API for unit tests.
+    pub fn test_api() -> Api {
+        Api {
+            organization_id: "Org".into(),
+            api_id: "echo".into(),
+            version: "1.0".into(),
+            public: true,
+            endpoint: Endpoint::parse("http://127.0.0.1:8080").unwrap(),
+            cluster: "backend".into(),
+            strip_keys: true,
+            xml: false,
+            upstream_authorization: None,
+        }
+    }
+
     /// A request context for one policy at position 0.
     pub struct Fixture {
         pub api: Api,
-        pub settings: Settings,
+        pub settings: GatewaySettings,
         pub state: RequestState,
         pub host: MemoryHost,
     }
@@ -439,8 +691,8 @@ pub(crate) mod testing {
                 ..RequestState::default()
             };
             Fixture {
-                api: Api::for_tests(),
-                settings: Settings::default(),
+                api: test_api(),
+                settings: GatewaySettings::default(),
                 state,
                 host: MemoryHost::default(),
             }
@@ -456,6 +708,7 @@ pub(crate) mod testing {
             Context {
                 api: &self.api,
                 client: None,
+                plan: None,
                 settings: &self.settings,
                 state: &mut self.state,
                 host: &mut self.host,

@@ -10,15 +10,115 @@
 //! - a `Header` value on the response side copies the request's header (Apiman fails with 500);
 //! - pseudo-headers (`:path`, `:authority`, ...) are never stripped.
 
-use super::{Context, Phases, Policy, PolicyKind, Verdict};
-use crate::config::json::{Fields, Problems};
+use super::{
+    BuildContext, Capabilities, Context, FieldDoc, Phase, PhaseSet, Policy, PolicyKind, Verdict,
+};
 use crate::http::{HeaderMap, Request, Response};
+use crate::json::{Fields, Problems};
 use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "simple-header",
+    name: "Simple Header",
     apiman_names: &["simple-header-policy", "SimpleHeaderPolicy"],
-    build: |f, problems| build(f, problems).map(|p| Box::new(p) as _),
+    summary: "Adds headers, then strips headers, on the request, the response or both.",
+    failures: "none",
+    fields: &[
+        FieldDoc {
+            name: "addHeaders",
+            aliases: &[],
+            ty: "[object]",
+            default: "[]",
+            apiman: true,
+            meaning: "headers to add",
+        },
+        FieldDoc {
+            name: "addHeaders[].headerName",
+            aliases: &[],
+            ty: "string",
+            default: "",
+            apiman: true,
+            meaning: "the header to add",
+        },
+        FieldDoc {
+            name: "addHeaders[].headerValue",
+            aliases: &[],
+            ty: "string",
+            default: "\"\"",
+            apiman: true,
+            meaning: "the value, or what `valueType` reads it from",
+        },
+        FieldDoc {
+            name: "addHeaders[].valueType",
+            aliases: &[],
+            ty: "String|Env|System Properties|Header",
+            default: "String",
+            apiman: true,
+            meaning: "`Env` / `System Properties`: the VM environment variable named by `headerValue`; `Header`: the request header named by it (on both sides)",
+        },
+        FieldDoc {
+            name: "addHeaders[].applyTo",
+            aliases: &[],
+            ty: "Request|Response|Both",
+            default: "",
+            apiman: true,
+            meaning: "where to add it; without it the header is never added (as in Apiman, with a load warning)",
+        },
+        FieldDoc {
+            name: "addHeaders[].overwrite",
+            aliases: &[],
+            ty: "boolean",
+            default: "false",
+            apiman: true,
+            meaning: "replace an existing header (else it is added only when absent)",
+        },
+        FieldDoc {
+            name: "stripHeaders",
+            aliases: &[],
+            ty: "[object]",
+            default: "[]",
+            apiman: true,
+            meaning: "headers to remove (after adding)",
+        },
+        FieldDoc {
+            name: "stripHeaders[].stripType",
+            aliases: &[],
+            ty: "Key|Value",
+            default: "Key",
+            apiman: true,
+            meaning: "match the header's name or its value",
+        },
+        FieldDoc {
+            name: "stripHeaders[].with",
+            aliases: &[],
+            ty: "String|Regex",
+            default: "Regex",
+            apiman: true,
+            meaning: "a literal (case-insensitive) or a regex that must match the whole name/value (case-insensitive)",
+        },
+        FieldDoc {
+            name: "stripHeaders[].pattern",
+            aliases: &[],
+            ty: "string",
+            default: "",
+            apiman: true,
+            meaning: "what to match",
+        },
+        FieldDoc {
+            name: "stripHeaders[].applyTo",
+            aliases: &[],
+            ty: "Request|Response|Both",
+            default: "Both",
+            apiman: true,
+            meaning: "where to strip",
+        },
+    ],
+    example: r#"{"addHeaders": [{"headerName": "X-Gateway", "headerValue": "tollgate", "valueType": "String", "applyTo": "Both", "overwrite": true}],
+                 "stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "x-internal-.*", "applyTo": "Response"}]}"#,
+    capabilities: Capabilities {
+        answers_keyless_preflight: false,
+    },
+    build: |cx, f, problems| build(cx, f, problems).map(|p| Box::new(p) as _),
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +190,10 @@ pub struct SimpleHeader {
     /// Request headers copied into response headers: kept from the request phase.
     response_copies: Vec<String>,
     /// Only the sides that have rules, so a request-only policy costs no response-header read.
-    phases: Phases,
+    phases: PhaseSet,
 }
 
-fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
+fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
     let mut ok = true;
     let mut add = Vec::new();
     for (path, v) in f.array(&["addHeaders"], problems) {
@@ -121,7 +221,7 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
         let value = match value_type {
             1 | 2 => {
                 // No JVM here: system properties are read from the environment too.
-                let resolved = std::env::var(raw.trim()).unwrap_or_default();
+                let resolved = cx.env(raw.trim()).unwrap_or_default();
                 if resolved.is_empty() {
                     problems.warning(
                         &a.field_path("headerValue"),
@@ -230,12 +330,12 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<SimpleHeader> {
         add.iter().any(|a| a.side.covers(side))
             || strip.iter().any(|(l, r)| !l.is_empty() || !r.is_empty())
     };
-    let mut phases = Phases::NONE;
+    let mut phases = PhaseSet::NONE;
     if side_used(Side::Request, request) || !response_copies.is_empty() {
-        phases = phases.union(Phases::REQUEST);
+        phases = phases.union(PhaseSet::of(&[Phase::RequestHeaders]));
     }
     if side_used(Side::Response, response) {
-        phases = phases.union(Phases::RESPONSE);
+        phases = phases.union(PhaseSet::of(&[Phase::ResponseHeaders]));
     }
     ok.then(|| SimpleHeader {
         phases,
@@ -292,7 +392,7 @@ impl Policy for SimpleHeader {
         KIND.id
     }
 
-    fn phases(&self) -> Phases {
+    fn phases(&self) -> PhaseSet {
         self.phases
     }
 
@@ -392,10 +492,14 @@ mod tests {
 
     #[test]
     fn an_env_value_is_read_from_the_environment() {
-        std::env::set_var("TOLLGATE_TEST_REGION", "eu-1");
-        let p = policy(
-            json!({"addHeaders": [{"headerName": "X-Region", "headerValue": "TOLLGATE_TEST_REGION", "valueType": "Env", "applyTo": "Request"}]}),
-        );
+        let env = |name: &str| (name == "REGION").then(|| "eu-1".to_string());
+        let p = crate::policy::testing::build(
+            &KIND,
+            json!({"addHeaders": [{"headerName": "X-Region", "headerValue": "REGION", "valueType": "Env", "applyTo": "Request"}]}),
+            &env,
+        )
+        .0
+        .unwrap();
         let mut req = request("GET", &[]);
         Fixture::new().on_request(p.as_ref(), &mut req);
         assert_eq!(req.headers.get("x-region"), Some("eu-1"));
@@ -480,11 +584,11 @@ mod tests {
         let p = policy(
             json!({"addHeaders": [{"headerName": "X-A", "headerValue": "1", "applyTo": "Request"}]}),
         );
-        assert_eq!(p.phases(), Phases::REQUEST);
+        assert_eq!(p.phases(), PhaseSet::of(&[Phase::RequestHeaders]));
         let p = policy(
             json!({"stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "server", "applyTo": "Response"}]}),
         );
-        assert_eq!(p.phases(), Phases::RESPONSE);
+        assert_eq!(p.phases(), PhaseSet::of(&[Phase::ResponseHeaders]));
     }
 
     #[test]

@@ -106,13 +106,13 @@ fn a_configuration_the_filter_refuses_stops_the_vm_with_its_errors() {
 
 #[test]
 fn tollgate_logs_configuration_warnings_once_across_worker_vms() {
-    // A contract without a plan to an API with policies: tollgate warns about it, once per
-    // host, using shared data to tell the other workers it has.
+    // An Apiman contract with an empty policies list to an API with policies: tollgate warns
+    // about it, once per host, using shared data to tell the other workers it has.
     let config = json!({
         "apis": [{"organizationId": "t", "apiId": "a", "version": "1", "endpoint": "http://b/",
                   "apiPolicies": [{"policy": "ip-blocklist", "config": {"ipList": ["10.0.0.1"]}}]}],
         "clients": [{"organizationId": "t", "clientId": "c", "version": "1", "apiKey": "k-0000000001",
-                     "contracts": [{"apiOrgId": "t", "apiId": "a", "apiVersion": "1"}]}]
+                     "contracts": [{"apiOrgId": "t", "apiId": "a", "apiVersion": "1", "policies": []}]}]
     })
     .to_string();
     let host = Host::new(HostSettings::default());
@@ -125,7 +125,7 @@ fn tollgate_logs_configuration_warnings_once_across_worker_vms() {
             vm.exec(|g| g.take_logs())
                 .unwrap()
                 .iter()
-                .any(|l| l.message.contains("has no policies"))
+                .any(|l| l.message.contains("has an empty policies list"))
         })
         .collect();
     assert_eq!(warned.iter().filter(|w| **w).count(), 1, "{warned:?}");

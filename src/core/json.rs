@@ -7,6 +7,47 @@
 
 use serde_json::{Map, Value};
 
+#[cfg(test)]
+pub(crate) mod recorder {
+    //! Which field names a reader asked for, so a test can hold the policy documentation to
+    //! the parser: every documented field is read, every field read is documented.
+    use std::cell::RefCell;
+
+    thread_local! {
+        static ASKED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` and returns the field paths it asked for (`rules[].verb`), primary names only.
+    pub fn record(f: impl FnOnce()) -> Vec<String> {
+        ASKED.with(|a| *a.borrow_mut() = Some(Vec::new()));
+        f();
+        ASKED.with(|a| a.borrow_mut().take()).unwrap_or_default()
+    }
+
+    pub(super) fn asked(path: &str, name: &str) {
+        ASKED.with(|a| {
+            if let Some(list) = a.borrow_mut().as_mut() {
+                let mut p = String::new();
+                let mut skipping = false;
+                for c in super::join(path, name).chars() {
+                    match c {
+                        '[' => {
+                            skipping = true;
+                            p.push_str("[]");
+                        }
+                        ']' => skipping = false,
+                        c if !skipping => p.push(c),
+                        _ => {}
+                    }
+                }
+                if !list.contains(&p) {
+                    list.push(p);
+                }
+            }
+        });
+    }
+}
+
 /// Errors refuse the configuration; warnings are logged once and the configuration loads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Problems {
@@ -87,6 +128,10 @@ impl<'a> Fields<'a> {
     /// The raw value of the first of `names` present (aliases: Apiman's docs and code disagree on
     /// some spellings). `null` counts as absent, as in Jackson.
     pub fn raw(&mut self, names: &[&str]) -> Option<(&'a str, &'a Value)> {
+        #[cfg(test)]
+        if let Some(first) = names.first() {
+            recorder::asked(&self.path, first);
+        }
         let mut found = None;
         for name in names {
             if let Some((key, value)) = self.map.get_key_value(*name) {
