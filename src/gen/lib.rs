@@ -8,6 +8,7 @@
 
 pub mod definition;
 pub mod envoy;
+pub mod read;
 pub mod resolve;
 pub mod stores;
 pub mod tools;
