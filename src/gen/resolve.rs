@@ -15,7 +15,7 @@ const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 600_000;
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 30_000;
 
 /// The endpoint given to the filter's loader for an API whose endpoint alias could not be
-/// resolved (that problem is reported already), so the loader checks the rest of the API
+/// resolved or has an unusable URI (that problem is reported already), so the loader checks the rest of the API
 /// without also calling its endpoint missing. Nothing is generated while there are problems,
 /// so it never reaches Envoy.
 const STAND_IN_ENDPOINT: &str = "http://unresolved-endpoint-alias.invalid/";
@@ -216,6 +216,11 @@ impl Apis<'_> {
                 };
                 if obj.contains_key("endpoint") {
                     errors.push(format!("{path}: give endpoint or endpointAlias, not both"));
+                }
+                if Endpoint::parse(&a.uri).is_err() {
+                    // Reported at the alias; the loader is not told it again.
+                    stand_in_endpoint(obj);
+                    return None;
                 }
                 obj.insert("endpoint".into(), Value::String(a.uri.clone()));
                 Some((name, a))

@@ -270,6 +270,18 @@ fn references_to_an_entry_that_could_not_be_read_are_not_reported_again() {
 }
 
 #[test]
+fn an_endpoint_alias_with_a_bad_uri_is_reported_at_the_alias_only() {
+    let p = problems(
+        "endpoints: {orders: {uri: 'ftp://orders/'}}\n\
+         registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpointAlias: orders}\n",
+    );
+    assert_eq!(
+        p,
+        ["endpoints.orders.uri: \"ftp://orders/\" is not an http:// or https:// URL"]
+    );
+}
+
+#[test]
 fn an_unknown_endpoint_alias_is_not_also_reported_as_a_missing_endpoint() {
     let p = problems(
         "registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpointAlias: ordrs}\n",
