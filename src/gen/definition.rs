@@ -2,49 +2,66 @@
 //! the outbound TLS model webMethods and Scheer PAS users know: keystores and truststores by
 //! alias, a global outbound default, endpoint aliases, and per-API overrides.
 //!
-//! Our own sections refuse unknown fields (a misspelt `truststor` must not silently disable
-//! verification); the `registry` is checked by the filter's own loader.
+//! [`read`] reports every problem in one run, each with its path: unknown fields in our own
+//! sections are errors (a misspelt `truststor` must not silently disable verification), as are
+//! wrong types, missing required fields and unknown store types. The `registry` is checked by
+//! the filter's own loader (see `generate`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+use super::read::{kind, to_json, Fields};
+
+#[derive(Debug)]
 pub struct Definition {
-    #[serde(default)]
     pub node: Node,
-    #[serde(default = "Address::admin")]
     pub admin: Address,
-    #[serde(default = "Address::listener")]
     pub listener: Address,
     /// The filter module, as Envoy will open it.
-    #[serde(default = "default_wasm")]
     pub wasm: String,
     /// Envoy's worker threads do not come from here: that is `--concurrency` at startup.
-    #[serde(default = "default_route_timeout")]
     pub route_timeout: String,
-    #[serde(default)]
     pub keystores: BTreeMap<String, Keystore>,
-    #[serde(default)]
     pub truststores: BTreeMap<String, Truststore>,
     /// The global outbound default, used by every API without its own settings.
-    #[serde(default)]
     pub outbound: Outbound,
     /// Endpoint aliases: name -> URI and TLS settings.
-    #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointAlias>,
     /// The filter configuration (Apiman beans, plans, gateway settings); APIs may use
     /// `endpointAlias`, `tls` and `connectTo` in addition, which the generator resolves.
-    pub registry: serde_yaml::Value,
+    pub registry: Map<String, Value>,
+    /// Problems found reading the definition, each with its path. Nothing is generated while
+    /// there are any, but everything else is still checked so one run reports them all.
+    pub problems: Vec<String>,
+    /// What could not be read completely, by path: a section (`keystores`, `outbound`) or an
+    /// entry (`keystores.gw`). Such entries are left out of their maps; references to them are
+    /// not reported again, and the TLS profiles built on them are not resolved.
+    pub incomplete: BTreeSet<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Definition {
+    /// Whether a keystore, truststore or endpoint alias `name` exists in `section`, or could
+    /// not be read (its problems are reported already).
+    pub fn defines(&self, section: &str, name: &str) -> bool {
+        let defined = match section {
+            "keystores" => self.keystores.contains_key(name),
+            "truststores" => self.truststores.contains_key(name),
+            "endpoints" => self.endpoints.contains_key(name),
+            _ => false,
+        };
+        defined || self.unreadable(section, name)
+    }
+
+    /// Whether entry `name` of `section`, or the section itself, could not be read.
+    pub fn unreadable(&self, section: &str, name: &str) -> bool {
+        self.incomplete.contains(section) || self.incomplete.contains(&format!("{section}.{name}"))
+    }
+}
+
+#[derive(Debug)]
 pub struct Node {
-    #[serde(default = "default_node")]
     pub id: String,
-    #[serde(default = "default_node")]
     pub cluster: String,
 }
 
@@ -57,10 +74,8 @@ impl Default for Node {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct Address {
-    #[serde(default = "default_address")]
     pub address: String,
     pub port: u16,
 }
@@ -93,8 +108,7 @@ fn default_route_timeout() -> String {
     "30s".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreType {
     Pkcs12,
     Jks,
@@ -113,29 +127,10 @@ impl StoreType {
 
 /// Where a password comes from: never inline, so definitions can be committed.
 /// Written `{env: VAR}` or `{file: path}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "PasswordFields")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Password {
     Env(String),
     File(String),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordFields {
-    env: Option<String>,
-    file: Option<String>,
-}
-
-impl TryFrom<PasswordFields> for Password {
-    type Error = String;
-    fn try_from(f: PasswordFields) -> Result<Password, String> {
-        match (f.env, f.file) {
-            (Some(v), None) => Ok(Password::Env(v)),
-            (None, Some(p)) => Ok(Password::File(p)),
-            _ => Err("a password is {env: VAR} or {file: path} (never inline)".into()),
-        }
-    }
 }
 
 impl std::fmt::Display for Password {
@@ -147,10 +142,8 @@ impl std::fmt::Display for Password {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Keystore {
-    #[serde(rename = "type")]
     pub kind: StoreType,
     /// The store file (pkcs12, jks).
     pub file: Option<String>,
@@ -166,10 +159,8 @@ pub struct Keystore {
     pub key_alias: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Truststore {
-    #[serde(rename = "type")]
     pub kind: StoreType,
     pub file: String,
     pub password: Option<Password>,
@@ -177,8 +168,7 @@ pub struct Truststore {
 
 /// TLS settings at one level (global, endpoint alias, API). Unset fields fall through to the
 /// level below; `keystore: none` turns a client certificate off at this level.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct TlsSettings {
     pub keystore: Option<String>,
     pub key_alias: Option<String>,
@@ -187,8 +177,7 @@ pub struct TlsSettings {
     pub verify: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct Outbound {
     pub keystore: Option<String>,
     pub key_alias: Option<String>,
@@ -212,8 +201,7 @@ impl Outbound {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct EndpointAlias {
     pub uri: String,
     /// Connect to this address instead of resolving the URI's host; SNI and certificate checks
@@ -234,6 +222,315 @@ impl EndpointAlias {
             key_alias: self.key_alias.clone(),
             truststore: self.truststore.clone(),
             verify: self.verify,
+        }
+    }
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "node",
+    "admin",
+    "listener",
+    "wasm",
+    "routeTimeout",
+    "keystores",
+    "truststores",
+    "outbound",
+    "endpoints",
+    "registry",
+];
+const KEYSTORE_FIELDS: &[&str] = &[
+    "type",
+    "file",
+    "cert",
+    "key",
+    "password",
+    "keyPassword",
+    "keyAlias",
+];
+const TRUSTSTORE_FIELDS: &[&str] = &["type", "file", "password"];
+const TLS_FIELDS: &[&str] = &["keystore", "keyAlias", "truststore", "verify"];
+const OUTBOUND_FIELDS: &[&str] = &[
+    "keystore",
+    "keyAlias",
+    "truststore",
+    "verify",
+    "connectTimeout",
+    "maxConnectionAge",
+];
+const ENDPOINT_FIELDS: &[&str] = &[
+    "uri",
+    "connectTo",
+    "keystore",
+    "keyAlias",
+    "truststore",
+    "verify",
+    "connectTimeout",
+    "maxConnectionAge",
+];
+const STORE_TYPES: &[(&str, StoreType)] = &[
+    ("pkcs12", StoreType::Pkcs12),
+    ("jks", StoreType::Jks),
+    ("pem", StoreType::Pem),
+];
+
+/// Reads a definition. `Err` only when there is nothing to read (not YAML, or not a mapping);
+/// every other problem is in [`Definition::problems`], with the definition as far as it could
+/// be read.
+pub fn read(text: &str) -> Result<Definition, Vec<String>> {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    let doc = to_json(&yaml, "", &mut problems);
+    let Some(top) = Fields::of(&doc, "", TOP_FIELDS, &mut problems) else {
+        return Err(vec![format!(
+            "expected a mapping with `registry` and tollgate's sections (keystores, truststores, outbound, endpoints, ...), found {}",
+            kind(&doc)
+        )]);
+    };
+    let p = &mut problems;
+    let mut incomplete = BTreeSet::new();
+
+    let node = top
+        .object("node", &["id", "cluster"], p)
+        .map(|f| Node {
+            id: f.string("id", p).unwrap_or_else(default_node),
+            cluster: f.string("cluster", p).unwrap_or_else(default_node),
+        })
+        .unwrap_or_default();
+    let admin = address(&top, "admin", Address::admin(), p);
+    let listener = address(&top, "listener", Address::listener(), p);
+    let wasm = top.string("wasm", p).unwrap_or_else(default_wasm);
+    let route_timeout = top
+        .string("routeTimeout", p)
+        .unwrap_or_else(default_route_timeout);
+
+    let keystores = named(
+        &top,
+        "keystores",
+        KEYSTORE_FIELDS,
+        keystore,
+        p,
+        &mut incomplete,
+    );
+    let truststores = named(
+        &top,
+        "truststores",
+        TRUSTSTORE_FIELDS,
+        truststore,
+        p,
+        &mut incomplete,
+    );
+    let before = p.len();
+    let outbound = top
+        .object("outbound", OUTBOUND_FIELDS, p)
+        .map(|f| {
+            let tls = tls_fields(&f, p);
+            Outbound {
+                keystore: tls.keystore,
+                key_alias: tls.key_alias,
+                truststore: tls.truststore,
+                verify: tls.verify,
+                connect_timeout: f.string("connectTimeout", p),
+                max_connection_age: f.string("maxConnectionAge", p),
+            }
+        })
+        .unwrap_or_default();
+    if p.len() > before {
+        incomplete.insert("outbound".to_string());
+    }
+    let endpoints = named(
+        &top,
+        "endpoints",
+        ENDPOINT_FIELDS,
+        endpoint_alias,
+        p,
+        &mut incomplete,
+    );
+
+    let registry = match top.get("registry") {
+        Some((_, Value::Object(map))) => map.clone(),
+        Some((path, other)) => {
+            p.push(format!(
+                "{path}: expected a mapping with apis, clients, plans, gateway; found {}",
+                kind(other)
+            ));
+            Map::new()
+        }
+        None => {
+            p.push(format!(
+                "{}: is required (the filter configuration: apis, clients, plans, gateway)",
+                top.path("registry")
+            ));
+            Map::new()
+        }
+    };
+
+    Ok(Definition {
+        node,
+        admin,
+        listener,
+        wasm,
+        route_timeout,
+        keystores,
+        truststores,
+        outbound,
+        endpoints,
+        registry,
+        problems,
+        incomplete,
+    })
+}
+
+/// The TLS settings of one API (`registry.apis[i].tls`); `None` when they could not be read
+/// completely (the problems are in `errors`).
+pub fn read_tls(value: &Value, path: &str, errors: &mut Vec<String>) -> Option<TlsSettings> {
+    let before = errors.len();
+    let tls = Fields::of(value, path, TLS_FIELDS, errors).map(|f| tls_fields(&f, errors));
+    tls.filter(|_| errors.len() == before)
+}
+
+fn tls_fields(f: &Fields, p: &mut Vec<String>) -> TlsSettings {
+    TlsSettings {
+        keystore: f.string("keystore", p),
+        key_alias: f.string("keyAlias", p),
+        truststore: f.string("truststore", p),
+        verify: f.bool("verify", p),
+    }
+}
+
+fn address(top: &Fields, name: &str, default: Address, p: &mut Vec<String>) -> Address {
+    let Some(f) = top.object(name, &["address", "port"], p) else {
+        return default;
+    };
+    let address = f.string("address", p).unwrap_or(default.address);
+    let port = f.required("port", p).then(|| f.port("port", p)).flatten();
+    Address {
+        address,
+        port: port.unwrap_or(default.port),
+    }
+}
+
+/// A section of named entries. An entry with a problem is left out and its path noted in
+/// `incomplete`, as is the section when it is not a mapping.
+fn named<T>(
+    top: &Fields,
+    section: &str,
+    known: &[&str],
+    read: fn(&Fields, &mut Vec<String>) -> Option<T>,
+    p: &mut Vec<String>,
+    incomplete: &mut BTreeSet<String>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    let Some(entries) = top.entries(section, p) else {
+        incomplete.insert(section.to_string());
+        return out;
+    };
+    for (name, path, value) in entries {
+        if !valid_name(name) {
+            p.push(format!(
+                "{path}: names may use letters, digits, '-' and '_' only"
+            ));
+        }
+        let before = p.len();
+        let entry = Fields::of(value, &path, known, p).and_then(|f| read(&f, p));
+        match entry {
+            Some(entry) if p.len() == before => {
+                out.insert(name.to_string(), entry);
+            }
+            _ => {
+                incomplete.insert(path);
+            }
+        }
+    }
+    out
+}
+
+/// A name usable in cluster, secret and file names.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Every field is read before any is required, so one entry reports all its problems.
+fn keystore(f: &Fields, p: &mut Vec<String>) -> Option<Keystore> {
+    let kind = f
+        .required("type", p)
+        .then(|| f.choice("type", STORE_TYPES, p))
+        .flatten();
+    let file = f.string("file", p);
+    let cert = f.string("cert", p);
+    let key = f.string("key", p);
+    let password = read_password(f, "password", p);
+    let key_password = read_password(f, "keyPassword", p);
+    let key_alias = f.string("keyAlias", p);
+    Some(Keystore {
+        kind: kind?,
+        file,
+        cert,
+        key,
+        password,
+        key_password,
+        key_alias,
+    })
+}
+
+fn truststore(f: &Fields, p: &mut Vec<String>) -> Option<Truststore> {
+    let kind = f
+        .required("type", p)
+        .then(|| f.choice("type", STORE_TYPES, p))
+        .flatten();
+    let file = f.required("file", p).then(|| f.string("file", p)).flatten();
+    let password = read_password(f, "password", p);
+    Some(Truststore {
+        kind: kind?,
+        file: file?,
+        password,
+    })
+}
+
+fn endpoint_alias(f: &Fields, p: &mut Vec<String>) -> Option<EndpointAlias> {
+    let uri = f.required("uri", p).then(|| f.string("uri", p)).flatten();
+    let connect_to = f.string("connectTo", p);
+    let tls = tls_fields(f, p);
+    Some(EndpointAlias {
+        connect_to,
+        keystore: tls.keystore,
+        key_alias: tls.key_alias,
+        truststore: tls.truststore,
+        verify: tls.verify,
+        connect_timeout: f.string("connectTimeout", p),
+        max_connection_age: f.string("maxConnectionAge", p),
+        uri: uri?,
+    })
+}
+
+/// `{env: VAR}` or `{file: path}`. The value itself is never echoed: a password written inline
+/// must not end up in a log.
+fn read_password(f: &Fields, name: &str, p: &mut Vec<String>) -> Option<Password> {
+    let (path, value) = f.get(name)?;
+    if !value.is_object() {
+        p.push(format!(
+            "{path}: expected {{env: VAR}} or {{file: path}}, found {} (passwords are never written in the definition)",
+            kind(value)
+        ));
+        return None;
+    }
+    let pf = Fields::of(value, &path, &["env", "file"], p)?;
+    match (pf.string("env", p), pf.string("file", p)) {
+        (Some(var), None) => Some(Password::Env(var)),
+        (None, Some(file)) => Some(Password::File(file)),
+        (Some(_), Some(_)) => {
+            p.push(format!("{path}: give env or file, not both"));
+            None
+        }
+        (None, None) => {
+            if !pf.has("env") && !pf.has("file") {
+                p.push(format!(
+                    "{path}: a password is {{env: VAR}} or {{file: path}}"
+                ));
+            }
+            None
         }
     }
 }
@@ -283,11 +580,13 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_refused_with_its_name() {
-        let err = serde_yaml::from_str::<Definition>(
-            "truststores: {ca: {type: pem, file: x, pasword: {env: X}}}\nregistry: {}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("unknown field `pasword`"), "{err}");
+        let def =
+            read("truststores: {ca: {type: pem, file: x, pasword: {env: X}}}\nregistry: {}\n")
+                .unwrap();
+        assert_eq!(
+            def.problems,
+            ["truststores.ca.pasword: unknown field (did you mean `password`?); the fields here are type, file, password"]
+        );
+        assert!(def.incomplete.contains("truststores.ca"));
     }
 }

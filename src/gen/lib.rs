@@ -8,6 +8,7 @@
 
 pub mod definition;
 pub mod envoy;
+pub mod read;
 pub mod resolve;
 pub mod stores;
 pub mod tools;
@@ -44,21 +45,29 @@ pub struct Generated {
 }
 
 /// Reads the definition at `path` and generates; every problem found is returned, each naming
-/// where it is.
+/// the file and where in it the problem is.
 pub fn generate_file(path: &Path, options: &Options) -> Result<Generated, Vec<String>> {
+    let source = path.display().to_string();
+    let in_file = |problems: Vec<String>| -> Vec<String> {
+        problems
+            .into_iter()
+            .map(|p| format!("{source}: {p}"))
+            .collect()
+    };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{}: cannot be read: {e}", path.display())])?;
-    let definition: Definition =
-        serde_yaml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    generate(&definition, &path.display().to_string(), options)
+        .map_err(|e| vec![format!("{source}: cannot be read: {e}")])?;
+    let definition = definition::read(&text).map_err(in_file)?;
+    generate(&definition, &source, options).map_err(in_file)
 }
 
+/// Generates from a definition read by [`definition::read`]; its reading problems come first in
+/// the list of problems, then everything else found, so one run reports them all.
 pub fn generate(
     def: &Definition,
     source: &str,
     options: &Options,
 ) -> Result<Generated, Vec<String>> {
-    let mut errors = Vec::new();
+    let mut errors = def.problems.clone();
     let mut findings = Findings {
         warnings: Vec::new(),
         written: Vec::new(),

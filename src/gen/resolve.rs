@@ -6,13 +6,19 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::definition::{parse_duration, Definition, EndpointAlias, TlsSettings};
+use super::definition::{self, parse_duration, Definition, EndpointAlias, TlsSettings};
 use super::{envoy, stores};
 use tollgate_core::config::Endpoint;
 
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 600_000;
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 30_000;
+
+/// The endpoint given to the filter's loader for an API whose endpoint alias could not be
+/// resolved or has an unusable URI (that problem is reported already), so the loader checks the rest of the API
+/// without also calling its endpoint missing. Nothing is generated while there are problems,
+/// so it never reaches Envoy.
+const STAND_IN_ENDPOINT: &str = "http://unresolved-endpoint-alias.invalid/";
 
 /// The TLS profile an API resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,19 +61,6 @@ pub fn resolve(
     errors: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Resolution {
-    for (section, names) in [
-        ("keystores", def.keystores.keys().collect::<Vec<_>>()),
-        ("truststores", def.truststores.keys().collect()),
-        ("endpoints", def.endpoints.keys().collect()),
-    ] {
-        for name in names {
-            if !valid_name(name) {
-                errors.push(format!(
-                    "{section}.{name}: names may use letters, digits, '-' and '_' only"
-                ));
-            }
-        }
-    }
     let route_timeout_ms = duration(
         "routeTimeout",
         Some(&def.route_timeout),
@@ -116,17 +109,7 @@ pub fn resolve(
         alias_timeouts.insert(name.clone(), (connect, age));
     }
 
-    let mut registry: Value = match serde_json::to_value(&def.registry) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            errors.push("registry: expected a mapping with apis, clients, plans, gateway".into());
-            Value::Object(Map::new())
-        }
-        Err(e) => {
-            errors.push(format!("registry: {e}"));
-            Value::Object(Map::new())
-        }
-    };
+    let mut registry = Value::Object(def.registry.clone());
     let mut clusters: Vec<Planned> = Vec::new();
     if let Some(apis) = registry.get_mut("apis").and_then(Value::as_array_mut) {
         let api_resolver = Apis {
@@ -201,15 +184,15 @@ impl Apis<'_> {
         }
         let alias_name = obj.remove("endpointAlias");
         let connect_to = obj.remove("connectTo");
-        let tls = match obj.remove("tls").map(serde_json::from_value::<TlsSettings>) {
-            None => TlsSettings::default(),
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                errors.push(format!("{path}.tls: {e}"));
-                TlsSettings::default()
-            }
+        // Unreadable settings are reported; the profile is then not resolved (it would be
+        // resolved without them).
+        let tls = match obj.remove("tls") {
+            None => Some(TlsSettings::default()),
+            Some(value) => definition::read_tls(&value, &format!("{path}.tls"), errors),
         };
-        check_refs(def, &format!("{path}.tls"), &tls, errors);
+        if let Some(tls) = &tls {
+            check_refs(def, &format!("{path}.tls"), tls, errors);
+        }
         let connect_to = match connect_to {
             None => None,
             Some(Value::String(s)) => Some(s),
@@ -222,20 +205,29 @@ impl Apis<'_> {
             None => None,
             Some(Value::String(name)) => {
                 let Some(a) = def.endpoints.get(&name) else {
-                    errors.push(format!(
-                        "{path}.endpointAlias: unknown endpoint alias \"{name}\" (defined: {})",
-                        defined(def.endpoints.keys())
-                    ));
+                    if !def.defines("endpoints", &name) {
+                        errors.push(format!(
+                            "{path}.endpointAlias: unknown endpoint alias \"{name}\" (defined: {})",
+                            defined(def.endpoints.keys())
+                        ));
+                    }
+                    stand_in_endpoint(obj);
                     return None;
                 };
                 if obj.contains_key("endpoint") {
                     errors.push(format!("{path}: give endpoint or endpointAlias, not both"));
+                }
+                if Endpoint::parse(&a.uri).is_err() {
+                    // Reported at the alias; the loader is not told it again.
+                    stand_in_endpoint(obj);
+                    return None;
                 }
                 obj.insert("endpoint".into(), Value::String(a.uri.clone()));
                 Some((name, a))
             }
             Some(_) => {
                 errors.push(format!("{path}.endpointAlias: expected a name"));
+                stand_in_endpoint(obj);
                 return None;
             }
         };
@@ -247,6 +239,9 @@ impl Apis<'_> {
             .unwrap_or(self.defaults);
         let alias = alias.map(|(_, a)| a);
         let profile = if endpoint.https {
+            // Without settings that could not be read (a misspelt truststore, say) the profile
+            // would come out wrong; their problems are reported, so it is not resolved.
+            let tls = tls.filter(|_| !def.incomplete.contains("outbound"))?;
             let levels = [
                 tls,
                 alias.map(EndpointAlias::tls).unwrap_or_default(),
@@ -263,7 +258,7 @@ impl Apis<'_> {
                 }
             }
         } else {
-            if has_tls(&tls) {
+            if tls.as_ref().is_some_and(has_tls) {
                 errors.push(format!(
                     "{path}.tls: TLS settings apply to https:// endpoints; {} is http://",
                     endpoint.url
@@ -281,6 +276,13 @@ impl Apis<'_> {
             connect_timeout_ms,
             max_age_ms,
         })
+    }
+}
+
+/// Gives the filter's loader an endpoint for an API whose alias could not be resolved.
+fn stand_in_endpoint(obj: &mut Map<String, Value>) {
+    if !obj.contains_key("endpoint") {
+        obj.insert("endpoint".into(), Value::String(STAND_IN_ENDPOINT.into()));
     }
 }
 
@@ -310,14 +312,6 @@ fn duration(path: &str, value: Option<&String>, default: u64, errors: &mut Vec<S
     })
 }
 
-/// A name usable in cluster, secret and file names.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 fn has_tls(t: &TlsSettings) -> bool {
     t.keystore.is_some() || t.key_alias.is_some() || t.truststore.is_some() || t.verify.is_some()
 }
@@ -334,7 +328,7 @@ fn defined<'a>(names: impl Iterator<Item = &'a String>) -> String {
 /// Keystore and truststore names referenced at one level must exist.
 fn check_refs(def: &Definition, path: &str, t: &TlsSettings, errors: &mut Vec<String>) {
     if let Some(ks) = t.keystore.as_deref().filter(|k| *k != "none") {
-        if !def.keystores.contains_key(ks) {
+        if !def.defines("keystores", ks) {
             errors.push(format!(
                 "{path}.keystore: unknown keystore \"{ks}\" (defined: {})",
                 defined(def.keystores.keys())
@@ -342,7 +336,7 @@ fn check_refs(def: &Definition, path: &str, t: &TlsSettings, errors: &mut Vec<St
         }
     }
     if let Some(ts) = t.truststore.as_deref() {
-        if !def.truststores.contains_key(ts) {
+        if !def.defines("truststores", ts) {
             errors.push(format!(
                 "{path}.truststore: unknown truststore \"{ts}\" (defined: {})",
                 defined(def.truststores.keys())

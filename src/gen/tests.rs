@@ -62,7 +62,9 @@ fn definition(stores: &str, outbound: &str, endpoints: &str, apis: &str) -> Defi
         "keystores:\n{stores}\ntruststores:\n  ca: {{type: pem, file: {ca}}}\noutbound: {outbound}\nendpoints: {endpoints}\nregistry:\n  apis:\n{apis}\n",
         ca = c("ca.pem"),
     );
-    serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    let def = definition::read(&yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
+    assert!(def.problems.is_empty(), "{:?}\n{yaml}", def.problems);
+    def
 }
 
 fn p12_store(name: &str, file: &str) -> String {
@@ -104,6 +106,208 @@ fn simple(stores: &str) -> Definition {
         "{}",
         &api("a", "endpoint: 'https://orders.test:8443/'"),
     )
+}
+
+/// Every problem a check of `yaml` reports (reading, resolution, registry, stores).
+fn problems(yaml: &str) -> Vec<String> {
+    let def = definition::read(yaml).unwrap_or_else(|e| panic!("{e:?}"));
+    match check(&def) {
+        Ok(g) => panic!("expected problems, got clusters {:?}", g.clusters),
+        Err(e) => e,
+    }
+}
+
+fn has(problems: &[String], text: &str) -> bool {
+    problems.iter().any(|p| p.contains(text))
+}
+
+#[test]
+fn two_misspelt_fields_in_different_sections_are_both_reported() {
+    let p = problems(
+        "keystores:\n  partner: {type: pem, cert: c.pem, key: k.pem, pasword: {env: PW}}\n\
+         endpoints:\n  orders: {uri: 'https://orders.test/', truststor: ca}\n\
+         registry: {}\n",
+    );
+    assert!(
+        has(
+            &p,
+            "keystores.partner.pasword: unknown field (did you mean `password`?)"
+        ),
+        "{p:#?}"
+    );
+    assert!(
+        has(
+            &p,
+            "endpoints.orders.truststor: unknown field (did you mean `truststore`?)"
+        ),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_field_a_wrong_type_and_a_registry_error_are_reported_in_one_run() {
+    let dir = std::env::temp_dir().join(format!("tollgate-gen-three-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.def.yaml");
+    std::fs::write(
+        &file,
+        "listener: {port: 10000, adress: 0.0.0.0}\nadmin: {port: http}\n\
+         registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpoint: 'ftp://x/'}\n",
+    )
+    .unwrap();
+    let options = Options {
+        stores_dir: dir.join("stores"),
+        out_dir: dir.clone(),
+        check_only: true,
+    };
+    let p = generate_file(&file, &options).unwrap_err();
+    let at = |path: &str| format!("{}: {path}", file.display());
+    assert!(has(&p, &at("listener.adress: unknown field")), "{p:#?}");
+    assert!(
+        has(
+            &p,
+            &at("admin.port: expected a port (1-65535), found \"http\"")
+        ),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, &at("registry.apis[0].endpoint: \"ftp://x/\"")),
+        "{p:#?}"
+    );
+    assert_eq!(p.len(), 3, "{p:#?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_misspelt_truststore_is_an_error_not_ignored() {
+    let p = problems(
+        "truststores: {ca: {type: pem, file: ca.pem}}\n\
+         outbound: {truststor: ca, verify: false}\n\
+         registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpoint: 'https://x.test/'}\n",
+    );
+    assert!(
+        has(
+            &p,
+            "outbound.truststor: unknown field (did you mean `truststore`?)"
+        ),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_misspelt_field_in_an_apis_tls_is_an_error_not_ignored() {
+    let p = problems(
+        "registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpoint: 'https://x.test/',\n     tls: {verify: false, truststor: ca, keystor: gw}}\n",
+    );
+    assert!(
+        has(&p, "registry.apis[0].tls.truststor: unknown field"),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, "registry.apis[0].tls.keystor: unknown field"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn missing_fields_unknown_store_types_wrong_types_and_bad_durations_are_all_reported() {
+    let p = problems(
+        "keystores:\n  a: {file: a.p12, password: {file: pw}}\n  b: {type: pfx, file: b.p12}\n\
+         truststores:\n  ca: {type: pem}\n\
+         outbound: {connectTimeout: soon, verify: 'false'}\n\
+         endpoints:\n  orders: {truststore: ca}\n\
+         routeTimeout: 5 minutes\n",
+    );
+    for expected in [
+        "keystores.a.type: is required",
+        "keystores.b.type: \"pfx\" is not one of pkcs12, jks, pem",
+        "truststores.ca.file: is required",
+        "outbound.verify: expected true or false, found \"false\"",
+        "outbound.connectTimeout: \"soon\" is not a duration",
+        "endpoints.orders.uri: is required",
+        "routeTimeout: \"5 minutes\" is not a duration",
+        "registry: is required",
+    ] {
+        assert!(has(&p, expected), "{expected}: {p:#?}");
+    }
+}
+
+#[test]
+fn an_inline_password_is_refused_without_repeating_it() {
+    let p = problems(
+        "keystores: {gw: {type: pkcs12, file: gw.p12, password: hunter2}}\nregistry: {}\n",
+    );
+    assert!(
+        has(
+            &p,
+            "keystores.gw.password: expected {env: VAR} or {file: path}, found a string"
+        ),
+        "{p:#?}"
+    );
+    assert!(!has(&p, "hunter2"), "{p:#?}");
+}
+
+#[test]
+fn references_to_an_entry_that_could_not_be_read_are_not_reported_again() {
+    let p = problems(
+        "keystores: {gw: {type: pem, cert: c.pem, key: k.pem, colour: red}}\n\
+         truststores: {ca: {type: pem, file: ca.pem, pasword: {env: X}}}\n\
+         outbound: {keystore: gw, truststore: ca}\n\
+         endpoints: {orders: {uri: [x], truststore: ca}}\n\
+         registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpointAlias: orders}\n",
+    );
+    assert_eq!(
+        p.len(),
+        3,
+        "the unknown fields and the uri, nothing that follows from them: {p:#?}"
+    );
+    assert!(has(&p, "keystores.gw.colour: unknown field"), "{p:#?}");
+    assert!(has(&p, "truststores.ca.pasword: unknown field"), "{p:#?}");
+    assert!(
+        has(&p, "endpoints.orders.uri: expected a string, found a list"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn an_endpoint_alias_with_a_bad_uri_is_reported_at_the_alias_only() {
+    let p = problems(
+        "endpoints: {orders: {uri: 'ftp://orders/'}}\n\
+         registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpointAlias: orders}\n",
+    );
+    assert_eq!(
+        p,
+        ["endpoints.orders.uri: \"ftp://orders/\" is not an http:// or https:// URL"]
+    );
+}
+
+#[test]
+fn an_unknown_endpoint_alias_is_not_also_reported_as_a_missing_endpoint() {
+    let p = problems(
+        "registry:\n  apis:\n  - {organizationId: t, apiId: a, version: '1', endpointAlias: ordrs}\n",
+    );
+    assert_eq!(
+        p,
+        ["registry.apis[0].endpointAlias: unknown endpoint alias \"ordrs\" (defined: none)"]
+    );
+}
+
+#[test]
+fn a_definition_that_is_not_a_mapping_is_one_problem() {
+    let e = definition::read("- registry\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("expected a mapping with `registry`"), "{e:?}");
+}
+
+#[test]
+fn the_bundled_example_definition_reads_without_problems() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../envoy/example/gateway.def.yaml"),
+    )
+    .unwrap();
+    let def = definition::read(&text).unwrap();
+    assert!(def.problems.is_empty(), "{:#?}", def.problems);
+    assert!(def.incomplete.is_empty(), "{:?}", def.incomplete);
 }
 
 #[test]
