@@ -8,7 +8,7 @@
 //! `registry.apis[0].tls`).
 
 use serde_json::{Map, Number, Value};
-use tollgate_core::config::json::{index, join};
+use tollgate_core::json::{index, join};
 
 /// A YAML value's kind, in YAML's words, for error messages.
 pub fn kind(value: &Value) -> &'static str {
