@@ -105,18 +105,6 @@ mod abi {
             size: usize,
             cas: u32,
         ) -> u32;
-        fn proxy_http_call(
-            upstream: *const u8,
-            upstream_size: usize,
-            headers: *const u8,
-            headers_size: usize,
-            body: *const u8,
-            body_size: usize,
-            trailers: *const u8,
-            trailers_size: usize,
-            timeout_ms: u32,
-            token: *mut u32,
-        ) -> u32;
         fn proxy_continue_stream(stream: u32) -> u32;
     }
 
@@ -220,37 +208,6 @@ mod abi {
 
     pub fn set_shared(key: &str, value: &[u8], cas: u32) -> u32 {
         unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
-    }
-
-    pub fn http_call(
-        cluster: &str,
-        headers: &[u8],
-        body: &[u8],
-        timeout_ms: u32,
-    ) -> Result<u32, u32> {
-        let mut token = 0u32;
-        let trailers = 0u32.to_le_bytes();
-        match unsafe {
-            proxy_http_call(
-                cluster.as_ptr(),
-                cluster.len(),
-                headers.as_ptr(),
-                headers.len(),
-                if body.is_empty() {
-                    null()
-                } else {
-                    body.as_ptr()
-                },
-                body.len(),
-                trailers.as_ptr(),
-                trailers.len(),
-                timeout_ms,
-                &mut token,
-            )
-        } {
-            OK => Ok(token),
-            status => Err(status),
-        }
     }
 
     pub fn resume(stream: u32) -> u32 {
@@ -774,19 +731,23 @@ impl Filter {
     }
 }
 
+/// Dispatches through the SDK, which must know the token to route the answer back to this
+/// stream's context. Envoy answers `Ok`, `BadArgument` (unknown cluster, missing pseudo-headers)
+/// or `InternalFailure`, the statuses the SDK handles without panicking.
 fn dispatch(call: &CallOut) -> Result<u32, u32> {
     let pairs: Vec<(&str, &str)> = call
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let timeout = u32::try_from(call.timeout.as_millis()).unwrap_or(u32::MAX);
-    abi::http_call(
+    proxy_wasm::hostcalls::dispatch_http_call(
         &call.cluster,
-        &serialize_map(&pairs),
-        call.body.as_deref().unwrap_or(&[]),
-        timeout,
+        pairs,
+        call.body.as_deref(),
+        Vec::new(),
+        call.timeout,
     )
+    .map_err(|status| status as u32)
 }
 
 impl Context for Filter {

@@ -16,8 +16,7 @@ fn cell(text: &str) -> String {
 fn apiman_name(kind_names: &[&str]) -> String {
     kind_names
         .first()
-        .map(|n| format!("`{n}`"))
-        .unwrap_or_default()
+        .map_or_else(|| "— (tollgate's own)".to_string(), |n| format!("`{n}`"))
 }
 
 fn kind_section(kind: &PolicyKind, out: &mut String) {

@@ -11,6 +11,7 @@
 pub mod api_key;
 pub mod cors;
 pub mod docs;
+pub mod ext_authz;
 pub mod header_allow_deny;
 pub mod http_security;
 pub mod ignored_resources;
@@ -495,6 +496,7 @@ pub const KINDS: &[PolicyKind] = &[
     http_security::KIND,
     api_key::KIND,
     cors::KIND,
+    ext_authz::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused

@@ -530,3 +530,196 @@ pub fn demo_certs() -> Result<PathBuf, String> {
 pub fn demo_backend() -> Result<Backend, String> {
     Backend::mtls("demo-backend", &demo_certs()?, "demo-backend")
 }
+
+// ---- A scripted HTTP/1.1 server for call-out services (auth, JWKS) and backends whose timing a
+// test controls.
+
+/// A request a `ScriptedServer` received, and when its head arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a `ScriptedServer` answers: after `delay`, this status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub delay: Duration,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn new(status: u16) -> Answer {
+        Answer {
+            delay: Duration::ZERO,
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn body(mut self, body: &[u8]) -> Answer {
+        self.body = body.to_vec();
+        self
+    }
+}
+
+type Script = dyn Fn(&Received) -> Answer + Send + Sync;
+
+/// A small threaded HTTP/1.1 server on 127.0.0.1 (one request per connection, then close) that
+/// answers as a script says and records every request with the time its head arrived, and the
+/// time each answer was sent.
+pub struct ScriptedServer {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    answered: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ScriptedServer {
+    pub fn start(
+        script: impl Fn(&Received) -> Answer + Send + Sync + 'static,
+    ) -> Result<ScriptedServer, String> {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("binding a scripted server: {e}"))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        listener.set_nonblocking(true).ok();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        let (r, a, s) = (received.clone(), answered.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (r, a, script) = (r.clone(), a.clone(), script.clone());
+                        std::thread::spawn(move || serve_one(stream, &r, &a, script.as_ref()));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(ScriptedServer {
+            port,
+            received,
+            answered,
+            stop,
+        })
+    }
+
+    /// The requests received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// When each answer went out, in order.
+    pub fn answered(&self) -> Vec<Instant> {
+        self.answered.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve_one(
+    mut stream: std::net::TcpStream,
+    received: &std::sync::Mutex<Vec<Received>>,
+    answered: &std::sync::Mutex<Vec<Instant>>,
+    script: &Script,
+) {
+    use std::io::{Read, Write};
+    stream.set_nonblocking(false).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut at = None;
+    let head_end = loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                at.get_or_insert_with(Instant::now);
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i;
+                }
+            }
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    let request = Received {
+        at: at.unwrap_or_else(Instant::now),
+        method,
+        path,
+        headers,
+        body,
+    };
+    if let Ok(mut r) = received.lock() {
+        r.push(request.clone());
+    }
+    let answer = script(&request);
+    std::thread::sleep(answer.delay);
+    let mut out = format!("HTTP/1.1 {} X\r\n", answer.status);
+    for (k, v) in &answer.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        answer.body.len()
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&answer.body);
+    if let Ok(mut a) = answered.lock() {
+        a.push(Instant::now());
+    }
+    let _ = stream.write_all(&bytes);
+    let _ = stream.flush();
+}
