@@ -15,6 +15,19 @@ pub fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// A name as a YAML scalar, quoted only when it needs to be (call-out clusters are named as
+/// policies name them, e.g. `host:port`).
+fn name_scalar(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_string()
+    } else {
+        q(name)
+    }
+}
+
 /// Cluster, secret and file names: letters, digits, `-` and `_` only. Dots are avoided because
 /// Envoy's stat tag extraction splits `cluster.<name>.` at the first dot.
 pub fn sanitize(s: &str) -> String {
@@ -332,7 +345,7 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {addr}, port_value: {port}}}}}}}}}]}}]
 "#,
-        name = c.name,
+        name = name_scalar(&c.name),
         ct = envoy_duration(c.connect_timeout_ms),
         addr = q(&c.connect),
         port = c.port,

@@ -72,14 +72,24 @@ pub fn generate(
         warnings: Vec::new(),
         written: Vec::new(),
     };
-    let resolution = resolve::resolve(def, &mut errors, &mut findings.warnings);
+    let mut resolution = resolve::resolve(def, &mut errors, &mut findings.warnings);
 
-    // The filter's own loader checks the registry as Envoy will.
+    // The filter's own loader checks the registry as Envoy will, and says which services its
+    // policies call (they get clusters too).
     let plugin_json = serde_json::to_string_pretty(&resolution.registry).unwrap_or_default();
     match tollgate_core::load(plugin_json.as_bytes(), &|n| std::env::var(n).ok()) {
-        Ok(loaded) => findings
-            .warnings
-            .extend(loaded.warnings.into_iter().map(|w| format!("registry.{w}"))),
+        Ok(loaded) => {
+            findings
+                .warnings
+                .extend(loaded.warnings.into_iter().map(|w| format!("registry.{w}")));
+            resolve::plan_call_targets(
+                def,
+                loaded.registry.call_targets(),
+                &mut resolution,
+                &mut errors,
+                &mut findings.warnings,
+            );
+        }
         Err(problems) => errors.extend(problems.into_iter().map(|p| format!("registry.{p}"))),
     }
 

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::definition::{self, parse_duration, Definition, EndpointAlias, TlsSettings};
 use super::{envoy, stores};
 use tollgate_core::config::Endpoint;
+use tollgate_core::policy::CallTarget;
 
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 600_000;
@@ -53,6 +54,8 @@ pub struct Resolution {
     pub registry: Value,
     pub clusters: Vec<Planned>,
     pub route_timeout_ms: u64,
+    /// The global connect timeout and connection age, for clusters made later.
+    pub defaults: (u64, u64),
 }
 
 /// Resolves every API; problems go to `errors`, `verify: false` warnings to `warnings`.
@@ -154,6 +157,79 @@ pub fn resolve(
         registry,
         clusters,
         route_timeout_ms,
+        defaults: (global_connect, global_age),
+    }
+}
+
+/// Clusters for the services policies call (a JWKS URL, an authorization service): each named
+/// as the policy names it (its `cluster`, else `host:port` of the URL, as the filter calls it),
+/// with the same outbound TLS model as backends: an endpoint alias with the same host and port
+/// lends its settings, else `outbound` applies.
+pub fn plan_call_targets(
+    def: &Definition,
+    targets: &[CallTarget],
+    resolution: &mut Resolution,
+    errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    for target in targets {
+        let e = &target.endpoint;
+        let path = format!("call-out cluster {}", target.cluster);
+        let id = format!("call-outs to {}", e.url);
+        let alias = def
+            .endpoints
+            .values()
+            .find(|a| Endpoint::parse(&a.uri).is_ok_and(|u| u.host == e.host && u.port == e.port));
+        let profile = if e.https {
+            let levels = [
+                TlsSettings::default(),
+                alias.map(EndpointAlias::tls).unwrap_or_default(),
+                def.outbound.tls(),
+            ];
+            match resolve_profile(def, &levels, e, &id, &path) {
+                Ok((profile, warning)) => {
+                    warnings.extend(warning);
+                    Some(profile)
+                }
+                Err(problem) => {
+                    errors.push(problem);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let key = ClusterKey {
+            host: e.host.clone(),
+            port: e.port,
+            connect: alias
+                .and_then(|a| a.connect_to.clone())
+                .unwrap_or_else(|| e.host.clone()),
+            profile,
+            connect_timeout_ms: resolution.defaults.0,
+            max_age_ms: resolution.defaults.1,
+        };
+        match resolution
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == target.cluster)
+        {
+            Some(existing) if existing.key.host == key.host && existing.key.port == key.port => {
+                existing.apis.push(id);
+            }
+            Some(existing) => errors.push(format!(
+                "{path}: the cluster is also used for {} at {}:{}, a different host or port than {}",
+                existing.apis.join(", "),
+                existing.key.host,
+                existing.key.port,
+                e.url
+            )),
+            None => resolution.clusters.push(Planned {
+                key,
+                name: target.cluster.clone(),
+                apis: vec![id],
+            }),
+        }
     }
 }
 

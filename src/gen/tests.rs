@@ -715,3 +715,58 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         assert!(bundled.contains(line), "envoy/gateway.yaml lacks: {line}");
     }
 }
+
+fn with_ext_authz(url: &str, cluster: Option<&str>) -> String {
+    let cluster = cluster.map_or(String::new(), |c| format!(", cluster: {c}"));
+    api(
+        "a",
+        &format!("endpoint: 'http://orders.test:8080/', apiPolicies: [{{policy: ext-authz, config: {{url: '{url}'{cluster}}}}}]"),
+    )
+}
+
+#[test]
+fn a_service_a_policy_calls_gets_a_cluster_named_as_the_policy_calls_it() {
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{truststore: ca}",
+        "{}",
+        &with_ext_authz("https://authz.test:9443/check", None),
+    );
+    let g = check(&def).unwrap();
+    let authz = g
+        .clusters
+        .iter()
+        .find(|c| c.name == "authz.test:9443")
+        .unwrap_or_else(|| panic!("{:?}", g.clusters));
+    assert!(matches!(authz.tls, Tls::Tls { trust: Some(_), .. }));
+    assert_eq!(authz.apis, ["call-outs to https://authz.test:9443/check"]);
+}
+
+#[test]
+fn a_call_out_cluster_may_be_named_by_the_policy() {
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{truststore: ca}",
+        "{}",
+        &with_ext_authz("http://authz.test:9000/check", Some("authz")),
+    );
+    let g = check(&def).unwrap();
+    let authz = g.clusters.iter().find(|c| c.name == "authz").unwrap();
+    assert_eq!((authz.host.as_str(), authz.port), ("authz.test", 9000));
+    assert_eq!(authz.tls, Tls::Plain);
+}
+
+#[test]
+fn an_https_call_out_without_a_truststore_is_refused() {
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{}",
+        "{}",
+        &with_ext_authz("https://authz.test/check", None),
+    );
+    assert!(
+        errors(&def).contains("call-out cluster authz.test:443: https endpoint"),
+        "{}",
+        errors(&def)
+    );
+}
