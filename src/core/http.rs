@@ -201,6 +201,11 @@ impl LocalReply {
     }
 }
 
+/// Whether `b` may appear in an HTTP token (a header name).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Splits a `:path` into the path and the query string (without `?`).
 pub fn split_query(path: &str) -> (&str, Option<&str>) {
     match path.split_once('?') {

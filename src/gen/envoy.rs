@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use super::definition::{envoy_duration, Password};
 use super::stores::{KeyMaterial, TrustMaterial};
+pub use super::tools::sanitize;
 
 /// A string as a YAML scalar: JSON's quoting is valid YAML.
 pub fn q(s: &str) -> String {
@@ -26,20 +27,6 @@ fn name_scalar(name: &str) -> String {
     } else {
         q(name)
     }
-}
-
-/// Cluster, secret and file names: letters, digits, `-` and `_` only. Dots are avoided because
-/// Envoy's stat tag extraction splits `cluster.<name>.` at the first dot.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 /// A client-certificate secret (keystore entry) for a cluster.

@@ -276,7 +276,7 @@ pub fn truststore(
 /// The file stem for a keystore entry's converted form and SDS secret.
 pub fn secret_file_stem(name: &str, alias: Option<&str>) -> String {
     match alias {
-        Some(a) => format!("{name}--{}", super::envoy::sanitize(a)),
+        Some(a) => format!("{name}--{}", super::tools::sanitize(a)),
         None => name.to_string(),
     }
 }

@@ -334,6 +334,20 @@ pub fn write_atomic(path: &Path, content: &[u8], private: bool) -> Result<bool, 
     Ok(true)
 }
 
+/// Cluster, secret and file names: letters, digits, `-` and `_` only. Dots are avoided because
+/// Envoy's stat tag extraction splits `cluster.<name>.` at the first dot.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

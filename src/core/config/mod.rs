@@ -9,6 +9,7 @@ pub mod apiman;
 
 use serde_json::Value;
 
+use crate::http::is_token_byte;
 use crate::json::{Fields, Problems};
 use crate::model::strip_prefix_ignore_case;
 pub use crate::model::{Endpoint, GatewaySettings};
@@ -203,10 +204,6 @@ fn header_name(f: &mut Fields, names: &[&str], problems: &mut Problems) -> Optio
         return None;
     }
     Some(name.to_ascii_lowercase())
-}
-
-pub fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn required(f: &mut Fields, names: &[&str], problems: &mut Problems) -> String {

@@ -3,6 +3,7 @@
 
 use super::{Capabilities, Context, FieldDoc, Phase, PhaseSet, Policy, PolicyKind, Verdict};
 use crate::http::Request;
+use crate::json::{Fields, Problems};
 
 pub const KIND: PolicyKind = PolicyKind {
     id: "api-key",
@@ -22,23 +23,25 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        let header = f
-            .string(&["requestHeader"], problems)
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            // Apiman fails every request without one; the key header is the obvious default.
-            .unwrap_or_else(|| "X-API-Key".to_string());
-        if header.len() > 128 || !header.bytes().all(crate::config::is_token_byte) {
-            problems.error(
-                &f.field_path("requestHeader"),
-                format!("\"{header}\" is not a valid header name"),
-            );
-            return None;
-        }
-        Some(Box::new(ApiKey { header }) as _)
-    },
+    build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };
+
+fn build(f: &mut Fields, problems: &mut Problems) -> Option<ApiKey> {
+    let header = f
+        .string(&["requestHeader"], problems)
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        // Apiman fails every request without one; the key header is the obvious default.
+        .unwrap_or_else(|| "X-API-Key".to_string());
+    if header.len() > 128 || !header.bytes().all(crate::http::is_token_byte) {
+        problems.error(
+            &f.field_path("requestHeader"),
+            format!("\"{header}\" is not a valid header name"),
+        );
+        return None;
+    }
+    Some(ApiKey { header })
+}
 
 pub struct ApiKey {
     header: String,

@@ -123,7 +123,7 @@ fn header_list(f: &mut Fields, name: &str, problems: &mut Problems) -> Option<Ve
     let mut out = Vec::new();
     for (path, h) in f.strings(&[name], problems) {
         let h = h.trim().to_ascii_lowercase();
-        if h.is_empty() || !h.bytes().all(crate::config::is_token_byte) {
+        if h.is_empty() || !h.bytes().all(crate::http::is_token_byte) {
             problems.error(&path, format!("\"{h}\" is not a valid header name"));
         } else if !out.contains(&h) {
             out.push(h);
@@ -160,7 +160,7 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
             .string(&[field], problems)
             .map(|s| s.trim().to_ascii_lowercase())
             .unwrap_or_else(|| default.to_string());
-        if v.is_empty() || !v.bytes().all(crate::config::is_token_byte) {
+        if v.is_empty() || !v.bytes().all(crate::http::is_token_byte) {
             problems.error(
                 &f.field_path(field),
                 format!("\"{v}\" is not a valid header name"),

@@ -7,7 +7,7 @@ use super::{
     PolicyKind, Verdict,
 };
 use crate::http::Request;
-use crate::json::Fields;
+use crate::json::{Fields, Problems};
 use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
@@ -78,57 +78,59 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        let mut entries = Vec::new();
-        let mut ok = true;
-        for (path, value) in f.array(&["entries"], problems) {
-            let Some(mut e) = Fields::of(value, &path, problems) else {
+    build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
+};
+
+fn build(f: &mut Fields, problems: &mut Problems) -> Option<HeaderAllowDeny> {
+    let mut entries = Vec::new();
+    let mut ok = true;
+    for (path, value) in f.array(&["entries"], problems) {
+        let Some(mut e) = Fields::of(value, &path, problems) else {
+            ok = false;
+            continue;
+        };
+        let header = match e.string(&["headerName"], problems) {
+            Some(h) if !h.trim().is_empty() => h.trim().to_string(),
+            _ => {
+                problems.error(&e.field_path("headerName"), "is required");
+                ok = false;
+                String::new()
+            }
+        };
+        let allow_if_missing = e.bool(&["allowIfHeaderMissing"], problems).unwrap_or(false);
+        let allow_if_no_match = e.bool(&["allowIfNoRulesMatch"], problems).unwrap_or(false);
+        let mut rules = Vec::new();
+        for (rpath, rv) in e.array(&["rules"], problems) {
+            let Some(mut r) = Fields::of(rv, &rpath, problems) else {
                 ok = false;
                 continue;
             };
-            let header = match e.string(&["headerName"], problems) {
-                Some(h) if !h.trim().is_empty() => h.trim().to_string(),
-                _ => {
-                    problems.error(&e.field_path("headerName"), "is required");
-                    ok = false;
-                    String::new()
-                }
-            };
-            let allow_if_missing = e.bool(&["allowIfHeaderMissing"], problems).unwrap_or(false);
-            let allow_if_no_match = e.bool(&["allowIfNoRulesMatch"], problems).unwrap_or(false);
-            let mut rules = Vec::new();
-            for (rpath, rv) in e.array(&["rules"], problems) {
-                let Some(mut r) = Fields::of(rv, &rpath, problems) else {
-                    ok = false;
-                    continue;
-                };
-                let allow = r.bool(&["allowRequest"], problems).unwrap_or(false);
-                match r.string(&["headerValueRegex"], problems) {
-                    Some(pattern) => match Pattern::full(&pattern) {
-                        Ok(regex) => rules.push(Rule { regex, allow }),
-                        Err(message) => {
-                            problems.error(&r.field_path("headerValueRegex"), message);
-                            ok = false;
-                        }
-                    },
-                    None => {
-                        problems.error(&r.field_path("headerValueRegex"), "is required");
+            let allow = r.bool(&["allowRequest"], problems).unwrap_or(false);
+            match r.string(&["headerValueRegex"], problems) {
+                Some(pattern) => match Pattern::full(&pattern) {
+                    Ok(regex) => rules.push(Rule { regex, allow }),
+                    Err(message) => {
+                        problems.error(&r.field_path("headerValueRegex"), message);
                         ok = false;
                     }
+                },
+                None => {
+                    problems.error(&r.field_path("headerValueRegex"), "is required");
+                    ok = false;
                 }
-                r.finish(problems);
             }
-            e.finish(problems);
-            entries.push(Entry {
-                header,
-                allow_if_missing,
-                allow_if_no_match,
-                rules,
-            });
+            r.finish(problems);
         }
-        ok.then(|| Box::new(HeaderAllowDeny { entries }) as _)
-    },
-};
+        e.finish(problems);
+        entries.push(Entry {
+            header,
+            allow_if_missing,
+            allow_if_no_match,
+            rules,
+        });
+    }
+    ok.then_some(HeaderAllowDeny { entries })
+}
 
 /// The plugin uses 403 as its failure code.
 pub const FAILURE_CODE: u32 = 403;

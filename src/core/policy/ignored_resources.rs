@@ -6,6 +6,7 @@ use super::{
     PolicyKind, Verdict,
 };
 use crate::http::Request;
+use crate::json::{Fields, Problems};
 use crate::pattern::Pattern;
 
 pub const KIND: PolicyKind = PolicyKind {
@@ -53,46 +54,48 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        let mut rules = Vec::new();
-        let mut ok = true;
-        for (path, value) in f.array(&["rules"], problems) {
-            let Some(mut rule) = crate::json::Fields::of(value, &path, problems) else {
-                ok = false;
-                continue;
-            };
-            let verb = rule
-                .string(&["verb"], problems)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty() && v != "*");
-            match rule.string(&["pathPattern"], problems) {
-                Some(pattern) => match Pattern::full(&pattern) {
-                    Ok(regex) => rules.push(Rule { verb, regex }),
-                    Err(message) => {
-                        problems.error(&rule.field_path("pathPattern"), message);
-                        ok = false;
-                    }
-                },
-                None => {
-                    problems.error(&rule.field_path("pathPattern"), "is required");
-                    ok = false;
-                }
-            }
-            rule.finish(problems);
-        }
-        // Apiman 1.x configurations: a list of path regexes, any verb.
-        for (path, pattern) in f.strings(&["pathsToIgnore", "pathToIgnore"], problems) {
-            match Pattern::full(&pattern) {
-                Ok(regex) => rules.push(Rule { verb: None, regex }),
-                Err(message) => {
-                    problems.error(&path, message);
-                    ok = false;
-                }
-            }
-        }
-        ok.then(|| Box::new(IgnoredResources { rules }) as _)
-    },
+    build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };
+
+fn build(f: &mut Fields, problems: &mut Problems) -> Option<IgnoredResources> {
+    let mut rules = Vec::new();
+    let mut ok = true;
+    for (path, value) in f.array(&["rules"], problems) {
+        let Some(mut rule) = Fields::of(value, &path, problems) else {
+            ok = false;
+            continue;
+        };
+        let verb = rule
+            .string(&["verb"], problems)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty() && v != "*");
+        match rule.string(&["pathPattern"], problems) {
+            Some(pattern) => match Pattern::full(&pattern) {
+                Ok(regex) => rules.push(Rule { verb, regex }),
+                Err(message) => {
+                    problems.error(&rule.field_path("pathPattern"), message);
+                    ok = false;
+                }
+            },
+            None => {
+                problems.error(&rule.field_path("pathPattern"), "is required");
+                ok = false;
+            }
+        }
+        rule.finish(problems);
+    }
+    // Apiman 1.x configurations: a list of path regexes, any verb.
+    for (path, pattern) in f.strings(&["pathsToIgnore", "pathToIgnore"], problems) {
+        match Pattern::full(&pattern) {
+            Ok(regex) => rules.push(Rule { verb: None, regex }),
+            Err(message) => {
+                problems.error(&path, message);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(IgnoredResources { rules })
+}
 
 /// Apiman's failure code PATHS_TO_IGNORE.
 pub const FAILURE_CODE: u32 = 10007;

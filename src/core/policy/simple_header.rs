@@ -203,7 +203,7 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
         };
         let name = a.string(&["headerName"], problems).unwrap_or_default();
         let name = name.trim().to_string();
-        if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
+        if name.is_empty() || !name.bytes().all(crate::http::is_token_byte) {
             problems.error(
                 &a.field_path("headerName"),
                 format!("\"{name}\" is not a valid header name"),

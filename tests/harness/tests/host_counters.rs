@@ -118,7 +118,10 @@ fn many_workers_admit_exactly_the_limit_each_count_once() {
         .collect();
     admitted.sort_unstable();
     assert_eq!(admitted, (1..=LIMIT).collect::<Vec<_>>(), "{outcomes:?}");
-    let refused = outcomes.iter().filter(|o| o.starts_with("refused ")).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.starts_with("refused "))
+        .count();
     assert_eq!(refused as u64, workers * each - LIMIT);
     assert!(
         !outcomes.iter().any(|o| o.starts_with("error")),
