@@ -9,7 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use tollgate_harness::live::{self, Cluster, Envoy};
+use tollgate_harness::host::{CallStub, StubAnswer};
+use tollgate_harness::live::{self, Answer, Cluster, Envoy, ScriptedServer};
 use tollgate_harness::replay::backend::ReplayBackend;
 use tollgate_harness::replay::expect::{BackendSeen, HeaderCheck, Observed};
 use tollgate_harness::replay::run::{self, Outcome, Verdict};
@@ -195,15 +196,15 @@ fn agree(path: &Path) -> (Vec<String>, usize) {
     let config = config_of(&suite);
     let clusters = run::clusters_for(&config);
     let backend = ReplayBackend::start(&clusters).expect("replay backend");
-    let yaml = live::gateway_yaml(
-        &String::from_utf8_lossy(&config.plugin),
-        &backend
-            .ports()
-            .iter()
-            .map(|(c, p)| Cluster::plain(c, *p))
-            .collect::<Vec<_>>(),
-    )
-    .expect("gateway yaml");
+    let stubs = stub_servers(&suite.stubs);
+    let mut gateway_clusters: Vec<Cluster> = backend
+        .ports()
+        .iter()
+        .map(|(c, p)| Cluster::plain(c, *p))
+        .collect();
+    gateway_clusters.extend(stubs.iter().map(|(c, s)| Cluster::plain(c, s.port)));
+    let yaml = live::gateway_yaml(&String::from_utf8_lossy(&config.plugin), &gateway_clusters)
+        .expect("gateway yaml");
     let envoy = Envoy::start(&yaml, suite.workers as u32).expect("envoy");
     // The test gateway's route timeout (live::gateway_yaml) is 5 s.
     let opts = run::Options {
@@ -250,6 +251,55 @@ fn agree(path: &Path) -> (Vec<String>, usize) {
         ));
     }
     (problems, compared)
+}
+
+/// A real service per stubbed call-out cluster, answering as the fixture's stubs say (a stub
+/// that times out answers long after any call-out's timeout).
+fn stub_servers(stubs: &[CallStub]) -> Vec<(String, ScriptedServer)> {
+    let mut clusters: Vec<String> = stubs.iter().map(|s| s.cluster.clone()).collect();
+    clusters.sort();
+    clusters.dedup();
+    clusters
+        .into_iter()
+        .map(|cluster| {
+            let mine: Vec<CallStub> = stubs
+                .iter()
+                .filter(|s| s.cluster == cluster)
+                .cloned()
+                .collect();
+            let server = ScriptedServer::start(move |r| {
+                let path = r.path.split('?').next().unwrap_or("");
+                let stub = mine.iter().find(|s| {
+                    s.method
+                        .as_deref()
+                        .is_none_or(|m| m.eq_ignore_ascii_case(&r.method))
+                        && s.path.as_deref().is_none_or(|p| p == path)
+                });
+                match stub.map(|s| (&s.answer, s.delay)) {
+                    Some((
+                        StubAnswer::Respond {
+                            status,
+                            headers,
+                            body,
+                        },
+                        delay,
+                    )) => {
+                        let mut a = Answer::new(*status).body(body).after(delay);
+                        for (k, v) in headers {
+                            a = a.header(k, v);
+                        }
+                        a
+                    }
+                    Some((StubAnswer::Timeout, _)) => {
+                        Answer::new(504).after(std::time::Duration::from_secs(20))
+                    }
+                    None => Answer::new(503).body(b"no stub answers this call"),
+                }
+            })
+            .expect("stub server");
+            (cluster, server)
+        })
+        .collect()
 }
 
 macro_rules! e2e {
