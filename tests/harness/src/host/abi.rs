@@ -102,9 +102,9 @@ impl BodyState {
 pub(super) struct StreamState {
     pub request_headers: Headers,
     /// Envoy hands out the request headers until the headers callback returns Continue or the
-    /// filter calls `proxy_continue_stream`; afterwards every access is `BadArgument` (verified
-    /// on Envoy 1.40 for the first). Headers that went upstream because a body callback
-    /// continued stay reachable, but changes no longer reach the backend.
+    /// filter calls `proxy_continue_stream`; afterwards every access is `BadArgument`. Headers
+    /// that went upstream because a body callback continued stay reachable, but changes no
+    /// longer reach the backend (all three verified on Envoy 1.40).
     pub request_headers_open: bool,
     pub request_body: BodyState,
     pub request_trailers: Headers,
@@ -648,7 +648,9 @@ extern "C" fn proxy_dequeue_shared_queue(id: u32, out: *mut *mut u8, out_len: *m
 
 /// Records the continue; the stream driver carries it out once the callback returns (Envoy
 /// defers `continueDecoding()`/`continueEncoding()` the same way). Envoy drops its hold on the
-/// request headers and trailers at once, for either stream (`Context::continueStream`).
+/// request headers and trailers at once, for either stream (`Context::continueStream`;
+/// verified on Envoy 1.40: the request headers are `BadArgument` right after
+/// `resume_http_request`, the response headers still readable after `resume_http_response`).
 #[no_mangle]
 extern "C" fn proxy_continue_stream(stream: u32) -> u32 {
     with_vm(|vm| match (vm.stream.as_mut(), stream) {

@@ -900,10 +900,8 @@ impl<'a> Run<'a> {
     fn carry_on(&mut self, direction: Direction, go: bool, what: Delivered) {
         let stopped = self.side(direction).stopped;
         match what {
-            // Not stopped: this chunk goes on by itself. Whatever the filter's buffer holds
-            // stays there until something continues the stream (Envoy's source: a chunk added
-            // to the buffer because the filter was still buffering after a continue is not
-            // sent with it).
+            // Not stopped: this chunk goes on by itself (nothing is held: a stopped stream
+            // holds, and continuing it sends what it held).
             Delivered::Body(data, eos) if go && !stopped => self.pass_body(direction, data, eos),
             Delivered::Body(data, _) => {
                 state(|s| s.body_mut(direction).held.extend_from_slice(&data));
@@ -1034,12 +1032,20 @@ impl<'a> Run<'a> {
 
     /// Envoy's `commonContinue()`: what the filter held goes on, the headers first, then the
     /// held body, then held trailers, without calling the filter again for data it has seen.
+    /// Later chunks reach the filter on their own (verified on Envoy 1.40: after a
+    /// continue from the call-out's answer, the next chunk's callback is told that chunk's
+    /// size, and every chunk reaches the backend).
     fn release(&mut self, direction: Direction) {
         if self.done.is_some() || (direction == Direction::Response && !self.response_started) {
             return;
         }
         self.side_mut(direction).stopped = false;
-        let held = state(|s| std::mem::take(&mut s.body_mut(direction).held)).unwrap_or_default();
+        let held = state(|s| {
+            let b = s.body_mut(direction);
+            b.buffering = false;
+            std::mem::take(&mut b.held)
+        })
+        .unwrap_or_default();
         if !self.side(direction).headers_passed {
             let side = self.side(direction);
             let eos = side.input_done && held.is_empty() && !side.trailers_held;
