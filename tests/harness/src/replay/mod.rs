@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::host::{CallStub, StreamInput, Upstream};
+use crate::host::{CallStub, CallTiming, StreamInput, Upstream};
 pub use expect::{BodyCheck, Expect, HeaderCheck};
 
 /// A problem with an input file, naming the file and where in it.
@@ -129,6 +129,13 @@ impl Exchange {
         }
         if !self.request.trailers.is_empty() {
             return Err("has trailers, which the HTTP/1.1 client cannot send".into());
+        }
+        if self.request.call_timing != CallTiming::Immediate {
+            return Err(
+                "chooses when call-outs are answered (callTiming), which only the native host \
+                 controls"
+                    .into(),
+            );
         }
         Ok(())
     }
