@@ -29,11 +29,13 @@ ensure_envoy() {
   export TOLLGATE_ENVOY="$ENVOY"
 }
 
-# openssl (certificates) and keytool (JKS keystores), from Debian when missing.
+# openssl (certificates), keytool (JKS keystores) and wrk (load in the live-update test), from
+# Debian when missing.
 ensure_cert_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v keytool >/dev/null || missing+=(default-jre-headless)
+  command -v wrk >/dev/null || missing+=(wrk)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (Debian packages)"
     local sudo=""

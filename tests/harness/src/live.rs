@@ -405,6 +405,7 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
         trusts: &[],
         sds_dir: "",
         extra_clusters: &extra,
+        delivery: tollgate_gen::envoy::Delivery::Inline,
     }))
 }
 

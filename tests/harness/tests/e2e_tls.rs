@@ -274,7 +274,7 @@ fn generated_clusters_require_tls_1_2_send_sni_and_check_the_san() {
     let dump = tollgate_harness::http_client::send(
         &w.envoy.admin,
         "GET",
-        "/config_dump?resource=static_clusters",
+        "/config_dump?resource=dynamic_active_clusters",
         &[],
         b"",
         Duration::from_secs(5),
