@@ -96,7 +96,38 @@ pub struct Render<'a> {
     pub extra_clusters: &'a str,
     /// How the registry and the clusters reach Envoy.
     pub delivery: Delivery<'a>,
+    /// Log every request with tollgate's decision to stdout (the registry's
+    /// `gateway.decisionLog`).
+    pub decision_log: bool,
 }
+
+/// Turns the filter's stat names (`tollgate.requests.api.<api>.client.<client>...`, which
+/// Envoy keeps under `wasmcustom.`) into tags, so Prometheus sees
+/// `tollgate_requests_total{api, client, plan, outcome, code}`. Envoy matches each regex
+/// against the whole name: the first group is cut out, the second is the tag's value.
+pub const STATS_TAGS: &str = r#"stats_config:
+  stats_tags:
+  - {tag_name: api, regex: '^wasmcustom\.tollgate\.(?:requests|events)\.(api\.([^.]*)\.)'}
+  - {tag_name: client, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.(client\.([^.]*)\.)'}
+  - {tag_name: plan, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.(plan\.([^.]*)\.)'}
+  - {tag_name: outcome, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.plan\.[^.]*\.(outcome\.([^.]*)\.)'}
+  - {tag_name: code, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.plan\.[^.]*\.outcome\.[^.]*\.(code\.([^.]*)\.)'}
+  - {tag_name: policy, regex: '^wasmcustom\.tollgate\.events\.api\.[^.]*\.(policy\.([^.]*)\.)'}
+  - {tag_name: event, regex: '^wasmcustom\.tollgate\.events\.api\.[^.]*\.policy\.[^.]*\.(event\.([^.]*)\.)'}
+  - {tag_name: cluster, regex: '^wasmcustom\.tollgate\.callouts\.(cluster\.([^.]*)\.)'}
+  - {tag_name: result, regex: '^wasmcustom\.tollgate\.callouts\.cluster\.[^.]*\.(result\.([^.]*)\.)'}
+"#;
+
+/// The access log entry with tollgate's decision: one JSON object per request on stdout. The
+/// decision (API, client, plan, outcome, failure code and policy, the key masked) is what the
+/// filter publishes as filter state `wasm.tollgate_decision`; keys and tokens never appear.
+pub const DECISION_LOG: &str = r#"          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "{\"time\":\"%START_TIME%\",\"method\":\"%REQ(:METHOD)%\",\"path\":\"%REQ(:PATH)%\",\"status\":%RESPONSE_CODE%,\"duration_ms\":%DURATION%,\"flags\":\"%RESPONSE_FLAGS%\",\"upstream\":\"%UPSTREAM_CLUSTER%\",\"tollgate\":%FILTER_STATE(wasm.tollgate_decision:PLAIN)%}\n"
+"#;
 
 /// How the filter's configuration (the registry) and the clusters reach Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +345,7 @@ pub fn bootstrap_yaml(r: &Render) -> String {
 # certificates and trusted CAs come through file SDS (sds/), so they rotate without a restart.
 # Upstream connection failures are logged to stderr with Envoy's reason (look for
 # "tollgate upstream failure"), and counted in cluster.<name>.ssl.* and upstream_cx_connect_fail.
-node: {{id: {nid}, cluster: {ncl}}}
+{stats_tags}node: {{id: {nid}, cluster: {ncl}}}
 admin:
   address: {{socket_address: {{address: {aa}, port_value: {ap}}}}}
 static_resources:
@@ -331,7 +362,7 @@ static_resources:
           normalize_path: true
           merge_slashes: true
           access_log:
-          - name: envoy.access_loggers.stderr
+{decision_log}          - name: envoy.access_loggers.stderr
             filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF, UT, NC]}}}}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
@@ -384,6 +415,8 @@ static_resources:
   clusters:
 "#,
         wasm_filter = wasm_filter,
+        decision_log = if r.decision_log { DECISION_LOG } else { "" },
+        stats_tags = STATS_TAGS,
         la = r.listener.0,
         lp = r.listener.1,
         aa = r.admin.0,

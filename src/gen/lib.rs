@@ -139,6 +139,9 @@ pub fn generate(
         delivery: Delivery::Files {
             dir: &dynamic_dir_text,
         },
+        decision_log: gateway
+            .and_then(|g| g.get("decisionLog"))
+            .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true")),
     };
     // In the order Envoy needs them when re-run against a running gateway: the secrets the
     // clusters use, the clusters the registry names, the registry; the bootstrap (unchanged by

@@ -680,6 +680,7 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         sds_dir: "sds",
         extra_clusters: "",
         delivery: envoy::Delivery::Inline,
+        decision_log: true,
     });
     let lines = |text: &str| -> Vec<String> {
         text.lines()
@@ -711,7 +712,11 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         );
     }
     for line in lines(&generated).iter().filter(|l| {
-        l.contains("x-gateway-error") || l.contains("json_format") || l.contains("flags: [")
+        l.contains("x-gateway-error")
+            || l.contains("json_format")
+            || l.contains("flags: [")
+            || l.contains("tag_name")
+            || l.contains("tollgate_decision")
     }) {
         assert!(bundled.contains(line), "envoy/gateway.yaml lacks: {line}");
     }
