@@ -11,9 +11,74 @@ pub struct HttpResponse {
     /// Header names lower-cased, in order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The request this answers, `METHOD target` (set by [`send`]; empty otherwise).
+    pub request: String,
 }
 
+/// Fails a test when a response's status is not the expected one, naming the request, the
+/// expectation, what came back and why the gateway said it did (see
+/// [`HttpResponse::status_mismatch`]). An optional context follows, as in `format!`:
+/// `expect_status!(r, 404, "with the unknown key {key}")`.
+#[macro_export]
+macro_rules! expect_status {
+    ($response:expr, $status:expr) => {
+        if let Some(problem) = $response.status_mismatch($status, "") {
+            panic!("{problem}");
+        }
+    };
+    ($response:expr, $status:expr, $($context:tt)+) => {
+        if let Some(problem) = $response.status_mismatch($status, &format!($($context)+)) {
+            panic!("{problem}");
+        }
+    };
+}
+
+/// The headers that say why the gateway answered as it did.
+const REASON_HEADERS: &[&str] = &[
+    "x-gateway-error",
+    "x-policy-failure-type",
+    "x-policy-failure-code",
+    "x-policy-failure-message",
+];
+
 impl HttpResponse {
+    /// `None` when the status is `expected`; otherwise a message for a failing test:
+    /// `GET /t/x (context): expected status 200, got 403`, then the gateway's reason headers
+    /// and the start of the body.
+    pub fn status_mismatch(&self, expected: u16, context: &str) -> Option<String> {
+        if self.status == expected {
+            return None;
+        }
+        let request = if self.request.is_empty() {
+            "the request"
+        } else {
+            self.request.as_str()
+        };
+        let mut message = if context.is_empty() {
+            format!("{request}: expected status {expected}, got {}", self.status)
+        } else {
+            format!(
+                "{request} ({context}): expected status {expected}, got {}",
+                self.status
+            )
+        };
+        for name in REASON_HEADERS {
+            for value in self.header_all(name) {
+                message.push_str(&format!("\n  {name}: {value}"));
+            }
+        }
+        if !self.body.is_empty() {
+            let text: String = self
+                .text()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(300)
+                .collect();
+            message.push_str(&format!("\n  body ({} bytes): {text}", self.body.len()));
+        }
+        Some(message)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -80,7 +145,9 @@ pub fn send(
         written.map_err(|e| format!("send to {addr}: {e}"))?;
         read.map_err(|e| format!("read from {addr}: {e}"))?;
     }
-    parse_response(&raw, method == "HEAD")
+    let mut response = parse_response(&raw, method == "HEAD")?;
+    response.request = format!("{method} {path}");
+    Ok(response)
 }
 
 /// Parses a complete HTTP/1.1 response (connection closed after it).
@@ -116,6 +183,7 @@ pub fn parse_response(raw: &[u8], head_only: bool) -> Result<HttpResponse, Strin
         status,
         headers,
         body,
+        request: String::new(),
     })
 }
 
@@ -160,6 +228,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.text(), "abcde");
+    }
+
+    #[test]
+    fn a_status_mismatch_names_the_request_the_expectation_and_the_gateways_reason() {
+        let mut r = parse_response(
+            b"HTTP/1.1 403 Forbidden\r\nX-Gateway-Error: API not public.\r\n\r\n{\"responseCode\":403}",
+            false,
+        )
+        .unwrap();
+        r.request = "GET /t/private/1/x".into();
+        assert_eq!(r.status_mismatch(403, ""), None);
+        assert_eq!(
+            r.status_mismatch(200, "with key k").unwrap(),
+            "GET /t/private/1/x (with key k): expected status 200, got 403\n  \
+             x-gateway-error: API not public.\n  body (20 bytes): {\"responseCode\":403}"
+        );
     }
 
     #[test]
