@@ -208,7 +208,7 @@ pub fn main_with(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                 report::junit(&runs)
             };
             let _ = write!(out, "{text}");
-            let _ = writeln!(err, "{}", totals.line());
+            let _ = writeln!(err, "{}", report::summary_line(&runs, args.dry_run));
             if show_throughput {
                 let _ = writeln!(err, "{throughput}");
             }

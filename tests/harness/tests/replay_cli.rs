@@ -114,9 +114,66 @@ fn junit_output_has_one_testcase_per_exchange_and_the_failure() {
         .stdout
         .contains("<testsuites name=\"tollgate-replay\" tests=\"2\" failures=\"1\""));
     assert_eq!(r.stdout.matches("<testcase ").count(), 2);
-    assert!(r
-        .stdout
-        .contains("<failure type=\"mismatch\" message=\"status: expected 200, got 404\">"));
+    assert!(r.stdout.contains(
+        "<failure type=\"mismatch\" message=\"status: expected 200, got 404 from the gateway \
+         (API not found.)\">"
+    ));
+}
+
+#[test]
+fn a_status_failure_shows_the_gateways_reason() {
+    let f = write("bad.json", &fixture(true));
+    let r = replay(&[s(&f)]);
+    assert!(
+        r.stdout
+            .contains("status: expected 200, got 404 from the gateway (API not found.)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_failed_body_check_keeps_the_table_layout() {
+    // The backend answers a long, multi-line, partly binary body; the expectation differs.
+    let body = format!("line one\nline two\r\n\u{1}{}", "x".repeat(300));
+    let f = write(
+        "body.json",
+        &json!({
+            "config": {"apis": [{"organizationId": "t", "apiId": "api", "version": "1",
+                                 "publicAPI": true, "endpoint": "http://b/", "cluster": "b"}]},
+            "exchanges": [
+                {"name": "body differs", "request": {"path": "/t/api/1/x"},
+                 "response": {"status": 200, "body": body},
+                 "expect": {"status": 200, "body": "something else"}},
+                {"name": "the next row", "request": {"path": "/t/api/1/y"},
+                 "expect": {"status": 200}}
+            ]
+        })
+        .to_string(),
+    );
+    let r = replay(&[s(&f)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.contains("body differs"))
+        .unwrap();
+    // Under the row: the check, what was expected and what came, each on its own line.
+    assert_eq!(lines[row + 1].trim(), "body:");
+    assert_eq!(lines[row + 2].trim(), "expected \"something else\"");
+    assert!(
+        lines[row + 3]
+            .trim()
+            .starts_with("got      \"line one\\nline two\\r\\n\\x01xxx"),
+        "{}",
+        r.stdout
+    );
+    assert!(lines[row + 4].contains("the next row"), "{}", r.stdout);
+    assert!(
+        lines.iter().all(|l| l.chars().count() <= 170),
+        "a line is too long:\n{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -176,6 +233,33 @@ fn a_dry_run_reports_requests_a_new_configuration_would_block() {
         ),
         "{}",
         r.stdout
+    );
+}
+
+#[test]
+fn a_dry_run_ends_with_its_own_summary_not_passed_and_failed() {
+    let r = replay(&[
+        "--dry-run",
+        "--config",
+        s(&private_echo_config()),
+        "tests/fixtures/demo.har",
+    ]);
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("dry run: 8 unchanged, 4 would change (3 newly blocked, 0 newly allowed, 1 status changed)")
+    );
+    assert!(!r.stdout.contains("passed"), "{}", r.stdout);
+    let r = replay(&[
+        "--dry-run",
+        "--format",
+        "json",
+        "--config",
+        "envoy/gateway.yaml",
+        "tests/fixtures/demo.har",
+    ]);
+    assert_eq!(
+        r.stderr.trim(),
+        "dry run: 12 unchanged, 0 would change (0 newly blocked, 0 newly allowed, 0 status changed)"
     );
 }
 

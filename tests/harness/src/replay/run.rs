@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::ReplayBackend;
-use super::expect::{check, holds, BackendSeen, Check, Observed};
+use super::expect::{check, describe_status, holds, BackendSeen, Check, Observed};
 use super::{is_gateway_reply, Exchange, GatewayConfig, Suite};
 use crate::host::{
     tollgate_init, BackendResponse, GuestInit, Host, HostError, HostSettings, Origin, StreamResult,
@@ -235,22 +235,7 @@ fn classify(ex: &Exchange, obs: &Observed) -> Change {
 
 /// `403 from the gateway (API not public.)`, for dry-run reports.
 fn decision(status: Option<u16>, by_gateway: Option<bool>, headers: &[(String, String)]) -> String {
-    let Some(status) = status.filter(|s| *s != 0) else {
-        return "(no response)".into();
-    };
-    let reason = headers
-        .iter()
-        .find(|(k, _)| {
-            k.eq_ignore_ascii_case("x-gateway-error")
-                || k.eq_ignore_ascii_case("x-policy-failure-message")
-        })
-        .map(|(_, v)| format!(" ({v})"))
-        .unwrap_or_default();
-    match by_gateway {
-        Some(true) => format!("{status} from the gateway{reason}"),
-        Some(false) => format!("{status} from the backend"),
-        None => status.to_string(),
-    }
+    describe_status(status.unwrap_or(0), by_gateway, headers)
 }
 
 /// Decides an exchange's verdict from its observation.
