@@ -195,6 +195,32 @@ fn a_tap_trace_replays_with_a_configuration_from_an_envoy_yaml() {
     assert!(r.stdout.starts_with("12 passed, 0 failed"), "{}", r.stdout);
 }
 
+/// A HAR as mitmproxy 11 writes a binary upload to the demo: the body as latin-1 text.
+fn binary_upload_har(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let text: String = bytes.iter().map(|b| char::from(*b)).collect();
+    json!({"log": {"version": "1.2", "entries": [{
+        "startedDateTime": "2026-01-01T00:00:00+00:00",
+        "request": {"method": "POST", "url": "http://127.0.0.1:10000/demo/echo/1.0/upload",
+                    "headers": [{"name": "Content-Type", "value": "application/octet-stream"}],
+                    "bodySize": bytes.len(),
+                    "postData": {"mimeType": "application/octet-stream", "text": text, "params": []}},
+        "response": {"status": 200, "headers": [], "content": {"size": 0, "text": ""}},
+        "_expect": {"status": 200, "backend": {
+            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(bytes)}}
+    }]}})
+    .to_string()
+}
+
+#[test]
+fn a_har_binary_upload_reaches_the_backend_byte_for_byte() {
+    let bytes: Vec<u8> = (0u8..75).map(|i| i.wrapping_mul(53) ^ 0x9c).collect();
+    let f = write("upload.har", &binary_upload_har(&bytes));
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("warning"), "{}", r.stdout);
+}
+
 #[test]
 fn a_har_without_a_configuration_is_a_usage_error() {
     let r = replay(&["tests/fixtures/demo.har"]);
