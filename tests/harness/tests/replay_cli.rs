@@ -439,10 +439,63 @@ fn an_unknown_file_format_is_explained() {
 }
 
 #[test]
-fn binary_garbage_is_refused() {
+fn binary_garbage_is_refused_naming_the_formats_read() {
     let p = live::scratch_dir("replay-cli").unwrap().join("garbage.har");
     std::fs::write(&p, [0xff, 0xfe, 0x00, 0x12, 0x80]).unwrap();
-    bad(&[s(&p)], &["garbage.har", "UTF-8"]);
+    bad(
+        &[s(&p)],
+        &["garbage.har", "not UTF-8 text", "compressed HAR (.zhar)"],
+    );
+}
+
+/// demo.har compressed by `compress`, as a file named `name`.
+fn compressed_demo_har(name: &str, compress: fn(&[u8]) -> Vec<u8>) -> PathBuf {
+    let har = std::fs::read(live::repo_root().join("tests/fixtures/demo.har")).unwrap();
+    let p = live::scratch_dir("replay-cli").unwrap().join(name);
+    std::fs::write(&p, compress(&har)).unwrap();
+    p
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn a_zlib_compressed_har_is_read_as_mitmproxy_writes_it() {
+    let f = compressed_demo_har("traffic.zhar", zlib);
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.lines().last(), Some("12 passed, 0 failed"));
+}
+
+#[test]
+fn a_gzip_compressed_har_is_read() {
+    let f = compressed_demo_har("traffic.har.gz", gzip);
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.lines().last(), Some("12 passed, 0 failed"));
+}
+
+#[test]
+fn a_corrupt_compressed_har_is_named() {
+    let f = compressed_demo_har("cut.zhar", |d| {
+        let z = zlib(d);
+        z[..z.len() / 2].to_vec()
+    });
+    bad(
+        &["--config", "envoy/gateway.yaml", s(&f)],
+        &["cut.zhar", "zlib-compressed", "does not decompress"],
+    );
 }
 
 #[test]
