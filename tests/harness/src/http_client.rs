@@ -140,7 +140,7 @@ pub fn send(
     request.extend_from_slice(body);
     let written = stream.write_all(&request);
     let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
+    let read = read_response(&mut stream, &mut raw, method == "HEAD");
     if raw.is_empty() {
         written.map_err(|e| format!("send to {addr}: {e}"))?;
         read.map_err(|e| format!("read from {addr}: {e}"))?;
@@ -148,6 +148,59 @@ pub fn send(
     let mut response = parse_response(&raw, method == "HEAD")?;
     response.request = format!("{method} {path}");
     Ok(response)
+}
+
+/// Reads until the response is complete by its own framing (content-length, chunked), or the
+/// connection closes. Not waiting for the close matters: Envoy holds a connection it answered
+/// itself open for its delayed-close timeout (1 s) after the response.
+fn read_response(
+    stream: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if is_complete(raw, head_only) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `raw` holds a whole response. Without a length or chunked framing, only the
+/// connection's end says so.
+fn is_complete(raw: &[u8], head_only: bool) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        return status >= 200;
+    }
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let body = &raw[split + 4..];
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"\r\n\r\n") && dechunk(body).is_ok();
+    }
+    match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => body.len() >= len,
+        None => false,
+    }
 }
 
 /// Parses a complete HTTP/1.1 response (connection closed after it).
@@ -228,6 +281,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.text(), "abcde");
+    }
+
+    #[test]
+    fn a_response_is_complete_by_its_framing_not_by_the_connection_closing() {
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab",
+            false
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd",
+            false
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
+            true
+        ));
+        assert!(is_complete(b"HTTP/1.1 204 No Content\r\n\r\n", false));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert!(!is_complete(&chunked[..chunked.len() - 5], false));
+        assert!(is_complete(chunked, false));
+        // Neither a length nor chunks: only the end of the connection ends it.
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\nabc", false));
     }
 
     #[test]
