@@ -195,7 +195,7 @@ const MAX_DECOMPRESSED: u64 = 1 << 30;
 /// How a file's bytes are compressed, recognised by their first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compression {
-    /// RFC 1952, `1f 8b` (Charles and `gzip traffic.har`).
+    /// RFC 1952, `1f 8b` (`gzip traffic.har`).
     Gzip,
     /// RFC 1950 (mitmproxy's `.zhar`): a deflate header whose check bits make it a multiple
     /// of 31.
