@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::Path;
 
+use tollgate_harness::expect_status;
 use tollgate_harness::live::{self, Envoy};
 
 const EXAMPLE: &str = "envoy/example";
@@ -100,7 +101,7 @@ fn the_example_gateway_reaches_the_demo_backend_over_mutual_tls() {
 
     // demo/echo: an IP endpoint with the global default keystore (PKCS#12).
     let r = envoy.get("/demo/echo/1.0/hello", &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(r.json()["tls"], true);
     assert_eq!(
         r.json()["client_subject"],
@@ -112,7 +113,7 @@ fn the_example_gateway_reaches_the_demo_backend_over_mutual_tls() {
     let r = envoy
         .get("/demo/orders/1.0/items", &[("X-API-Key", "demo-key-gold")])
         .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(
         r.json()["client_subject"],
         "CN=gateway-client,O=tollgate demo"

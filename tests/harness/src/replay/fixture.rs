@@ -1,4 +1,4 @@
-//! tollgate's fixture format (documented in `tests/fixtures/README.md`): a JSON object with
+//! tollgate's fixture format (documented in `docs/replay.md`): a JSON object with
 //! the gateway configuration, then the exchanges, each a request, the backend's recorded
 //! response and expectations.
 
