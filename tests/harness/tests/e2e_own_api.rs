@@ -22,11 +22,14 @@ fn gateway(definition: &str, backend_port: u16, backend: &Backend) -> Envoy {
     let yaml = fs::read_to_string(out.join("envoy.yaml"))
         .unwrap()
         .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 9901", "port_value: 0")
-        .replace(
-            &format!("port_value: {backend_port}"),
-            &format!("port_value: {}", backend.port),
-        );
+        .replace("port_value: 9901", "port_value: 0");
+    // The clusters are in their own file (CDS): point them at this test's backend.
+    let clusters = out.join("dynamic/clusters.yaml");
+    let patched = fs::read_to_string(&clusters).unwrap().replace(
+        &format!("port_value: {backend_port}"),
+        &format!("port_value: {}", backend.port),
+    );
+    fs::write(&clusters, patched).unwrap();
     Envoy::start(&yaml, 1).unwrap()
 }
 
