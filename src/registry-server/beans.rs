@@ -330,7 +330,9 @@ mod tests {
     fn publishing_an_api_again_replaces_it() {
         let mut changed = api("o", "a", "1");
         changed["endpoint"] = json!("http://127.0.0.1:2/");
-        let s = published().apply(&Change::Publish(changed.clone())).unwrap();
+        let s = published()
+            .apply(&Change::Publish(changed.clone()))
+            .unwrap();
         assert_eq!(s.apis.len(), 1);
         assert_eq!(s.apis[&id("o", "a", "1")], changed);
     }
@@ -391,7 +393,9 @@ mod tests {
     #[test]
     fn a_bean_without_its_ids_is_a_bad_request() {
         let e = State::default()
-            .apply(&Change::Publish(json!({"organizationId": "o", "apiId": "a"})))
+            .apply(&Change::Publish(
+                json!({"organizationId": "o", "apiId": "a"}),
+            ))
             .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.starts_with("version:"), "{}", e.message);

@@ -91,7 +91,12 @@ impl Gateway {
             }
             None => {
                 let state = State::from_registry(&seed).map_err(|problems| {
-                    in_file(problems.into_iter().map(|p| format!("registry.{p}")).collect())
+                    in_file(
+                        problems
+                            .into_iter()
+                            .map(|p| format!("registry.{p}"))
+                            .collect(),
+                    )
                 })?;
                 log(&format!(
                     "first start: {} APIs, {} clients from the definition",

@@ -175,7 +175,12 @@ fn known_path(s: &[&str]) -> bool {
     )
 }
 
-fn change(gw: &Gateway, body: Body, make: fn(Value) -> Change, error_type: &'static str) -> Response {
+fn change(
+    gw: &Gateway,
+    body: Body,
+    make: fn(Value) -> Change,
+    error_type: &'static str,
+) -> Response {
     let bytes = match body() {
         Ok(b) => b,
         Err(e) => return Response::error(&e),
