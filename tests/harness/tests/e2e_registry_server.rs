@@ -569,3 +569,62 @@ fn status_and_endpoints_answer_exactly_the_fields_of_apimans_beans() {
     let api = gw.api("GET", "/apis/o/a/1.0/endpoint", b"").json();
     assert_eq!(api, json!({"endpoint": format!("{PUBLIC_URL}/o/a/1.0")}));
 }
+
+#[test]
+fn a_published_https_api_gets_the_definitions_outbound_tls_with_its_client_certificate() {
+    // A gateway of its own: its definition has an outbound keystore and truststore.
+    if !available() || !live::tls_e2e_available() {
+        return;
+    }
+    let dir = live::scratch_dir("registry-tls").unwrap();
+    let certs = |args: &[&str]| live::certs(&dir, args).unwrap();
+    certs(&["ca"]);
+    certs(&["server", "--name", "local", "--san", "IP:127.0.0.1"]);
+    certs(&["client", "--name", "gateway-client"]);
+    let file = |f: &str| dir.join(f).display().to_string();
+    std::fs::write(
+        dir.join("gateway.def.yaml"),
+        format!(
+            "wasm: {}\nadmin: {{port: 0}}\nlistener: {{port: 0}}\n\
+             keystores:\n  gateway-client: {{type: pem, cert: {}, key: {}}}\n\
+             truststores:\n  internal-ca: {{type: pem, file: {}}}\n\
+             outbound: {{keystore: gateway-client, truststore: internal-ca}}\nregistry: {{}}\n",
+            live::wasm_path().unwrap().display(),
+            file("gateway-client.pem"),
+            file("gateway-client.key"),
+            file("ca.pem"),
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("password"), PASSWORD).unwrap();
+    let registry = start_registry(&dir).unwrap();
+    let envoy = Envoy::start(
+        &std::fs::read_to_string(dir.join("out/envoy.yaml")).unwrap(),
+        1,
+    )
+    .unwrap();
+    // Requires a client certificate signed by the CA; started after Envoy.
+    let backend = Backend::mtls("registry-mtls", &dir, "local").unwrap();
+    let bean = json!({"organizationId": "Secure", "apiId": "orders", "version": "1.0",
+        "publicAPI": true, "endpointType": "rest", "endpointContentType": "json",
+        "endpoint": format!("https://127.0.0.1:{}/orders", backend.port),
+        "endpointProperties": {"authorization.type": "mtls"}, "apiPolicies": []});
+    let r = registry
+        .request("PUT", "/apis", CREDENTIALS, bean.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status, 204, "{}\n{}", r.text(), registry.log());
+    let mut last = None;
+    let answer = live::wait_for(APPLIED, || {
+        let r = envoy.get("/Secure/orders/1.0/items", &[]).ok()?;
+        let ok = r.status == 200;
+        last = Some(r.clone());
+        ok.then_some(r)
+    })
+    .unwrap_or_else(|| panic!("never served: {last:?}\n{}", envoy.log()));
+    let body = answer.json();
+    assert_eq!(body["tls"], true);
+    assert_eq!(body["client_subject"], "CN=gateway-client,O=tollgate demo");
+    assert_eq!(body["path"], "/orders/items");
+    let cluster = format!("127-0-0-1_{}_mtls_internal-ca_gateway-client", backend.port);
+    assert!(envoy.stats().contains(&format!("cluster.{cluster}.")));
+}
