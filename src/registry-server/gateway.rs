@@ -74,6 +74,7 @@ impl Gateway {
             seed
         };
         let (store, stored) = Store::open(&config.state_dir).map_err(|e| vec![e])?;
+        let mut first_start = false;
         let state = match stored {
             Some(state) => {
                 log(&format!(
@@ -103,7 +104,7 @@ impl Gateway {
                     state.apis.len(),
                     state.clients.len()
                 ));
-                store.save(&state).map_err(|e| vec![e])?;
+                first_start = true;
                 state
             }
         };
@@ -130,6 +131,11 @@ impl Gateway {
         def.registry = registry;
         let generated = generate(&def, &source, &options)
             .map_err(|problems| in_file(describe_all(problems, &state)))?;
+        // Stored once it is known to be good: a refused seed, fixed in the definition, is read
+        // from the definition again on the next start.
+        if first_start {
+            store.save(&state).map_err(|e| vec![e])?;
+        }
         for note in notes {
             log(&format!("note: {note}"));
         }
@@ -334,6 +340,49 @@ fn report(generated: &Generated, when: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(name: &str, definition: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-registry-gateway-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("def.yaml"), definition).unwrap();
+        Config {
+            definition: dir.join("def.yaml"),
+            out_dir: dir.join("out"),
+            stores_dir: dir.join("stores"),
+            state_dir: dir.join("state"),
+            public_url: None,
+        }
+    }
+
+    #[test]
+    fn a_seed_registry_tollgate_refuses_is_neither_stored_nor_written() {
+        let c = config(
+            "bad-seed",
+            "registry:\n  apis:\n  - {organizationId: o, apiId: a, version: '1', endpoint: 'ftp://x/'}\n",
+        );
+        let (state, out) = (c.state_dir.clone(), c.out_dir.clone());
+        let problems = Gateway::open(c).err().unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains("API o/a/1: endpoint")),
+            "{problems:?}"
+        );
+        assert!(!state.join("registry.json").exists());
+        assert!(!out.join("dynamic/registry.yaml").exists());
+    }
+
+    #[test]
+    fn the_default_public_url_is_the_definitions_listener() {
+        let c = config(
+            "public-url",
+            "listener: {address: 10.0.0.5, port: 8080}\nregistry: {}\n",
+        );
+        let gw = Gateway::open(c).unwrap();
+        assert_eq!(gw.public_url(), "http://10.0.0.5:8080/");
+    }
 
     #[test]
     fn problems_name_the_api_or_client_instead_of_its_position() {

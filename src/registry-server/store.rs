@@ -70,7 +70,15 @@ impl Store {
         let tmp = self.dir.join(TEMP_FILE);
         let path = self.path();
         let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut file = File::create(tmp)?;
+            // API keys are in it: readable by its owner only.
+            let mut options = OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(tmp)?;
             file.write_all(&text)?;
             file.write_all(b"\n")?;
             file.sync_all()
