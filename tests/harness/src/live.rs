@@ -733,3 +733,111 @@ fn serve_one(
     let _ = stream.write_all(&bytes);
     let _ = stream.flush();
 }
+
+// ---- tollgate-registry (Apiman's Gateway REST API) for tests/harness/tests/e2e_registry_server.rs.
+
+/// tollgate-registry: `$TOLLGATE_REGISTRY`, else `target/debug/tollgate-registry`
+/// (`cargo build -p tollgate-registry`; scripts/test builds it).
+pub fn registry_binary() -> Result<PathBuf, String> {
+    let p = std::env::var("TOLLGATE_REGISTRY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/debug/tollgate-registry"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found (cargo build -p tollgate-registry)",
+            p.display()
+        ))
+    }
+}
+
+/// A running tollgate-registry.
+pub struct RegistryServer {
+    /// `127.0.0.1:<port>` of its REST API.
+    pub addr: String,
+    pub process: Process,
+    log: PathBuf,
+}
+
+impl RegistryServer {
+    /// Starts tollgate-registry with `args` (plus `--listen 127.0.0.1:0`), from the repository
+    /// root, and waits until it listens; its log is appended to `log`.
+    pub fn start(args: &[&str], log: &Path) -> Result<RegistryServer, String> {
+        let mut child = Command::new(registry_binary()?)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(repo_root())
+            .stdout(Stdio::piped())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .map_err(|e| format!("{}: {e}", log.display()))?,
+            )
+            .spawn()
+            .map_err(|e| format!("starting tollgate-registry: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("tollgate-registry has no stdout")?;
+        let process = Process::new(child, "tollgate-registry");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "tollgate-registry did not start: {line:?}\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                )
+            })?;
+        Ok(RegistryServer {
+            addr,
+            process,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Sends a request, with BASIC credentials when given.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        credentials: Option<(&str, &str)>,
+        body: &[u8],
+    ) -> Result<HttpResponse, String> {
+        use base64::Engine;
+        let authorization = credentials.map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        });
+        let mut headers = vec![("content-type", "application/json; charset=utf-8")];
+        if let Some(a) = &authorization {
+            headers.push(("authorization", a));
+        }
+        http_client::send(
+            &self.addr,
+            method,
+            path,
+            &headers,
+            body,
+            Duration::from_secs(20),
+        )
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
