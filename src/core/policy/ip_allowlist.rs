@@ -148,6 +148,32 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_header_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["203.0.113.0/24"], "httpHeader": "Forwarded", "responseCode": 403}),
+        );
+        let mut f = Fixture::trusting("127.0.0.1:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("forwarded", "for=203.0.113.7")]);
+        let fail = failure(f.on_request(p.as_ref(), &mut req));
+        assert_eq!(
+            fail.message,
+            "Inbound IP address \"127.0.0.1\" is not included in the white list."
+        );
+    }
+
+    #[test]
+    fn a_forwarded_header_from_a_trusted_proxy_names_the_client() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["203.0.113.0/24"], "httpHeader": "Forwarded"}),
+        );
+        let mut f = Fixture::trusting("10.1.2.3:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("forwarded", "for=203.0.113.7")]);
+        assert!(is_continue(&f.on_request(p.as_ref(), &mut req)));
+    }
+
+    #[test]
     fn an_invalid_entry_refuses_the_configuration() {
         assert_eq!(
             errors(&KIND, json!({"ipList": ["10.0.0.300/8"]})),

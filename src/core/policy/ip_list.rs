@@ -254,19 +254,24 @@ pub fn parse_config(f: &mut Fields, problems: &mut Problems) -> Option<IpListCon
     })
 }
 
-/// The address the policy judges: from `httpHeader` when configured and present, else the
-/// downstream peer.
+/// The address the policy judges: from `httpHeader` when configured and present (read against
+/// the gateway's trusted proxies, see `client_ip::from_header`), else the downstream peer.
 pub fn client_address(
     config: &IpListConfig,
     cx: &mut Context,
     request: &Request,
 ) -> Option<ClientAddress> {
     if let Some(header) = &config.http_header {
-        if let Some(found) = client_ip::from_header(
-            header,
-            request.headers.get_all(header),
-            &cx.settings.trusted_proxies,
-        ) {
+        let trusted = &cx.settings.trusted_proxies;
+        // Only a trusted proxy's word counts, so the peer is needed to read the header at all.
+        let peer = if trusted.configured() {
+            cx.downstream_ip()
+        } else {
+            None
+        };
+        if let Some(found) =
+            client_ip::from_header(header, request.headers.get_all(header), trusted, peer)
+        {
             return Some(found);
         }
     }

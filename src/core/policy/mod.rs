@@ -704,6 +704,16 @@ pub(crate) mod testing {
             f
         }
 
+        /// A request from `address` to a gateway that trusts the proxies in `networks`.
+        pub fn trusting(address: &str, networks: &[&str], hops: usize) -> Fixture {
+            let mut f = Fixture::from(address);
+            f.settings.trusted_proxies = crate::client_ip::TrustedProxies {
+                networks: networks.iter().filter_map(|n| n.parse().ok()).collect(),
+                hops,
+            };
+            f
+        }
+
         pub fn cx(&mut self) -> Context<'_> {
             Context {
                 api: &self.api,
