@@ -21,8 +21,8 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        ip_list::parse_config(f, problems).map(|config| Box::new(IpAllowlist { config }) as _)
+    build: |cx, f, problems| {
+        ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpAllowlist { config }) as _)
     },
 };
 
@@ -171,6 +171,31 @@ mod tests {
         let mut f = Fixture::trusting("10.1.2.3:40000", &["10.0.0.0/8"], 0);
         let mut req = request("GET", &[("forwarded", "for=203.0.113.7")]);
         assert!(is_continue(&f.on_request(p.as_ref(), &mut req)));
+    }
+
+    #[test]
+    fn an_http_header_that_is_not_a_header_name_refuses_the_configuration() {
+        assert_eq!(
+            errors(&KIND, json!({"ipList": [], "httpHeader": "X Forwarded"})),
+            vec!["config.httpHeader: \"X Forwarded\" is not a valid header name"]
+        );
+    }
+
+    #[test]
+    fn an_http_header_without_trusted_proxies_warns_that_clients_choose_their_address() {
+        let (_, problems) = build(
+            &KIND,
+            json!({"ipList": [], "httpHeader": "X-Forwarded-For"}),
+            &|_| None,
+        );
+        assert_eq!(problems.warnings.len(), 1, "{:?}", problems.warnings);
+        assert!(
+            problems.warnings[0].starts_with(
+                "config.httpHeader: \"X-Forwarded-For\" is believed as the client sends it"
+            ),
+            "{}",
+            problems.warnings[0]
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        ip_list::parse_config(f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
+    build: |cx, f, problems| {
+        ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
     },
 };
 

@@ -616,9 +616,18 @@ pub(crate) mod testing {
         config: Value,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> (Option<Box<dyn Policy>>, Problems) {
+        build_in(kind, config, env, &GatewaySettings::default())
+    }
+
+    /// Compiles with an environment, for a gateway with these settings.
+    pub fn build_in(
+        kind: &PolicyKind,
+        config: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+        settings: &GatewaySettings,
+    ) -> (Option<Box<dyn Policy>>, Problems) {
         let mut problems = Problems::default();
-        let settings = GatewaySettings::default();
-        let mut cx = BuildContext::new("test", &settings, env);
+        let mut cx = BuildContext::new("test", settings, env);
         let policy = Fields::of(&config, "config", &mut problems).and_then(|mut fields| {
             let p = (kind.build)(&mut cx, &mut fields, &mut problems);
             fields.finish(&mut problems);
