@@ -63,7 +63,8 @@ pub fn generate(
         warnings: Vec::new(),
         written: Vec::new(),
     };
-    let resolution = resolve::resolve(def, &mut errors, &mut findings.warnings);
+    let mut resolution = resolve::resolve(def, &mut errors, &mut findings.warnings);
+    let client_address_header = envoy::pair_client_address_header(&mut resolution.registry);
 
     // The filter's own loader checks the registry as Envoy will.
     let plugin_json = serde_json::to_string_pretty(&resolution.registry).unwrap_or_default();
@@ -98,7 +99,6 @@ pub fn generate(
             .map(str::to_ascii_lowercase)
     };
     let cluster_header = header("clusterHeader").unwrap_or_else(|| "x-tollgate-cluster".into());
-    let client_address_header = header("clientAddressHeader");
     let sds_dir_text = sds_dir.display().to_string();
     let render = Render {
         source,
@@ -108,7 +108,7 @@ pub fn generate(
         wasm: &def.wasm,
         route_timeout_ms: resolution.route_timeout_ms,
         cluster_header: &cluster_header,
-        client_address_header: client_address_header.as_deref(),
+        client_address_header: &client_address_header,
         plugin_json: &plugin_json,
         clusters: &plan.clusters,
         keys: &plan.keys,
