@@ -243,6 +243,9 @@ static_resources:
           use_remote_address: true
           normalize_path: true
           merge_slashes: true
+          # tollgate matches policies on the decoded path itself and forwards what the client
+          # sent; pinned so a change of Envoy's default cannot change what backends receive.
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
           access_log:
           - name: envoy.access_loggers.stderr
             filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF, UT, NC]}}}}

@@ -488,6 +488,7 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         "use_remote_address: true",
         "normalize_path: true",
         "merge_slashes: true",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
         "cluster_header: x-tollgate-cluster",
         "cluster_not_found_response_code: SERVICE_UNAVAILABLE",
         "request_headers_to_remove: [x-tollgate-cluster, x-tollgate-client-address]",

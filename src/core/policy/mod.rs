@@ -276,9 +276,12 @@ pub struct RequestState {
     pub response_headers: Vec<(String, String)>,
     /// The API key the request carried, if any.
     pub api_key: Option<String>,
-    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query;
-    /// empty when the request named no resource.
+    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query,
+    /// as the client sent it; empty when the request named no resource. Set before the chain
+    /// runs: the matching form is computed from it once.
     pub resource: String,
+    /// `resource` in the form policies match (`path::for_matching`), on first use.
+    destination: std::cell::OnceCell<String>,
     /// The raw query string as it goes to the backend (API key removed unless kept).
     pub query: Option<String>,
     /// Who the request is, as authentication policies established it.
@@ -341,9 +344,17 @@ impl Context<'_> {
         self.state.api_key.as_deref()
     }
 
-    /// The request path below the API, without the query (`/` when empty), as Apiman matches
-    /// every `pathPattern` against it.
+    /// The request path below the API, without the query (`/` when empty), in the form every
+    /// `pathPattern` is matched against: path parameters removed, percent-decoded, dot segments
+    /// resolved (see `path::for_matching`), so that no spelling of a path slips past a rule.
     pub fn destination(&self) -> &str {
+        self.state
+            .destination
+            .get_or_init(|| crate::path::for_matching(&self.state.resource))
+    }
+
+    /// The request path below the API as the client sent it (`/` when empty), for messages.
+    pub fn requested_path(&self) -> &str {
         if self.state.resource.is_empty() {
             "/"
         } else {
