@@ -38,7 +38,7 @@ pub const KIND: PolicyKind = PolicyKind {
             default: "",
             apiman: true,
             meaning:
-                "a regex that must match the whole resource path (below the API, without the query)",
+                "a regex that must match the whole resource path (below the API, without the query), as policies see it: `;` parameters removed, percent-decoded, dot segments resolved (see [Requests](#requests))",
         },
         FieldDoc {
             name: "pathsToIgnore",

@@ -37,7 +37,7 @@ pub(super) const FIELDS: &[FieldDoc] = &[
         ty: "string",
         default: "",
         apiman: true,
-        meaning: "read the client address from this header instead of the connection; `X-Forwarded-For` and `Forwarded` are read as hop lists (the right-most hop that is not a trusted proxy)",
+        meaning: "read the client address from this header instead of the connection. With `gateway.trustedProxies`/`trustedHops`, only what trusted proxies wrote counts: `X-Forwarded-For` and `Forwarded` are walked from the socket peer through trusted hops, another header counts only from a trusted peer. Without them the header is believed as sent, as in Apiman (warned at load). See [Deploying safely](#deploying-safely)",
     },
 ];
 
