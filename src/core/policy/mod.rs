@@ -16,7 +16,7 @@ pub mod http_security;
 pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
-mod ip_list;
+pub mod ip_list;
 pub mod simple_header;
 
 use std::any::Any;
