@@ -390,7 +390,12 @@ mod tests {
     fn an_ipv6_network_covering_the_mapped_form_of_an_ipv4_peer_trusts_it() {
         // Found by the address fuzz target (tests/fuzz/regressions/address): ::/10 holds
         // ::ffff:1.45.17.1, so the IPv4 peer 1.45.17.1 is a trusted proxy, as IP lists match.
-        let a = read("X-Real-IP", "198.51.100.4", &trusted(&["::/10"], 0), "1.45.17.1");
+        let a = read(
+            "X-Real-IP",
+            "198.51.100.4",
+            &trusted(&["::/10"], 0),
+            "1.45.17.1",
+        );
         assert_eq!(a, Some(ClientAddress::Ip(ip("198.51.100.4"))));
     }
 
