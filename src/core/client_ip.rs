@@ -1,9 +1,15 @@
 //! Client addresses: Envoy's `source.address`, and forwarding headers parsed properly.
 //!
 //! Apiman compares the whole `X-Forwarded-For` value as one string (apiman/apiman#1044), so
-//! `"203.0.113.9, 10.0.0.2"` never matches anything and a client can put any address first. We
-//! take the right-most address that is not one of our trusted proxies: everything to its right
-//! was appended by proxies we trust, everything to its left is what the client claimed.
+//! `"203.0.113.9, 10.0.0.2"` never matches anything and a client can put any address first.
+//!
+//! With trust configuration (`trustedProxies` or `trustedHops`), the hops are a chain that ends
+//! with the socket peer, and it is read from the right: the peer is the last hop, and the walk
+//! moves left only while the hop just read is a trusted proxy. Whatever an untrusted peer
+//! writes into a forwarding header is therefore never believed. (Envoy appends to
+//! `X-Forwarded-For` only with `use_remote_address: true`, and never to `Forwarded`, so a
+//! right-most header hop alone proves nothing.) Without trust configuration the header is
+//! believed as Apiman believes it, and the load warns about it.
 
 use std::net::IpAddr;
 
@@ -43,28 +49,52 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
 /// Which forwarding hops the gateway trusts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
-    /// Addresses of proxies in front of the gateway; hops from these are skipped.
+    /// Addresses of proxies in front of the gateway.
     pub networks: Vec<IpNet>,
-    /// A fixed number of right-most hops to skip (like Envoy's `xff_num_trusted_hops`).
+    /// How many proxies are in front of the gateway: the peer and the hops it and the
+    /// proxies before it appended (like Envoy's `xff_num_trusted_hops`).
     pub hops: usize,
 }
 
 impl TrustedProxies {
+    /// Whether the gateway says anything about the proxies in front of it.
+    pub fn configured(&self) -> bool {
+        !self.networks.is_empty() || self.hops > 0
+    }
+
     fn trusts(&self, ip: &IpAddr) -> bool {
-        self.networks.iter().any(|n| n.contains(ip))
+        // An IPv4 peer may be listed in its IPv4-mapped IPv6 form, and the other way round.
+        let mapped = match normalize(*ip) {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        self.networks
+            .iter()
+            .any(|n| n.contains(ip) || n.contains(&normalize(*ip)) || n.contains(&mapped))
     }
 }
 
-/// The client address a forwarding header names.
+/// Whether a header holds a list of hops rather than one address.
+fn is_hop_list(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-forwarded-for") || name.eq_ignore_ascii_case("forwarded")
+}
+
+/// The client address a forwarding header names, given the socket peer.
 ///
 /// `X-Forwarded-For` and `Forwarded` are read as hop lists (all occurrences of the header, in
-/// order); the result is the right-most hop that is not trusted. Any other header is taken as a
-/// single address. Returns `None` when the header holds no address at all, and the raw text when
-/// the chosen hop is not an IP (so lists never match it).
+/// order); any other header is taken as a single address. Returns `None` when the header holds
+/// no address at all (the peer then decides), and the raw text when the chosen hop is not an
+/// IP (so lists never match it).
+///
+/// Without trust configuration the header is believed, as in Apiman: the right-most hop of a
+/// list, the whole value of another header. With it, see [`walk`]; a single-address header
+/// counts only when the peer is a trusted proxy. `peer` is only needed with trust
+/// configuration (`None` then means no verdict: the caller falls back to the peer).
 pub fn from_header<'a>(
     name: &str,
     values: impl Iterator<Item = &'a str>,
     trusted: &TrustedProxies,
+    peer: Option<IpAddr>,
 ) -> Option<ClientAddress> {
     let hops: Vec<&str> = if name.eq_ignore_ascii_case("forwarded") {
         values.flat_map(forwarded_for).collect()
@@ -78,20 +108,43 @@ pub fn from_header<'a>(
     if hops.is_empty() {
         return None;
     }
-    let single =
-        !name.eq_ignore_ascii_case("x-forwarded-for") && !name.eq_ignore_ascii_case("forwarded");
-    if single {
-        return Some(ClientAddress::parse(hops.join(", ").as_str()));
+    if !trusted.configured() {
+        return Some(if is_hop_list(name) {
+            hops.last().map(|h| ClientAddress::parse(h))?
+        } else {
+            ClientAddress::parse(hops.join(", ").as_str())
+        });
     }
-    let candidates = &hops[..hops.len().saturating_sub(trusted.hops)];
-    let chosen = candidates
+    let peer = normalize(peer?);
+    if !is_hop_list(name) {
+        let peer_trusted = trusted.hops >= 1 || trusted.trusts(&peer);
+        return peer_trusted.then(|| ClientAddress::parse(hops.join(", ").as_str()));
+    }
+    let mut chain: Vec<ClientAddress> = hops.iter().map(|h| ClientAddress::parse(h)).collect();
+    // With `use_remote_address`, Envoy has already appended the peer: count it once.
+    if chain.last() != Some(&ClientAddress::Ip(peer)) {
+        chain.push(ClientAddress::Ip(peer));
+    }
+    Some(walk(&chain, trusted))
+}
+
+/// The client in a chain of hops that ends with the socket peer: from the right, move left
+/// only while the hop just read is trusted (one of the `hops` right-most, or an IP in
+/// `networks`). When every hop is trusted, the left-most is the best we know.
+fn walk(chain: &[ClientAddress], trusted: &TrustedProxies) -> ClientAddress {
+    let len = chain.len();
+    let is_trusted = |i: usize, hop: &ClientAddress| {
+        len - i <= trusted.hops || matches!(hop, ClientAddress::Ip(ip) if trusted.trusts(ip))
+    };
+    chain
         .iter()
+        .enumerate()
         .rev()
-        .map(|h| ClientAddress::parse(h))
-        .find(|a| !matches!(a, ClientAddress::Ip(ip) if trusted.trusts(ip)))
-        // Every hop is trusted: the left-most is the best we know.
-        .or_else(|| hops.first().map(|h| ClientAddress::parse(h)))?;
-    Some(chosen)
+        .find(|(i, hop)| !is_trusted(*i, hop))
+        .or_else(|| chain.first().map(|h| (0, h)))
+        .map_or(ClientAddress::Unparsed(String::new()), |(_, hop)| {
+            hop.clone()
+        })
 }
 
 /// An address as found in a header: an IP, or text that is not one.
@@ -174,34 +227,97 @@ mod tests {
         );
     }
 
+    fn read(name: &str, value: &str, trust: &TrustedProxies, peer: &str) -> Option<ClientAddress> {
+        from_header(name, [value].into_iter(), trust, Some(ip(peer)))
+    }
+
     #[test]
-    fn xff_takes_the_right_most_hop_without_trusted_proxies() {
-        let a = from_header(
+    fn without_trust_configuration_xff_is_believed_from_its_right_most_hop() {
+        let a = read(
             "X-Forwarded-For",
-            ["6.6.6.6, 203.0.113.9"].into_iter(),
+            "6.6.6.6, 203.0.113.9",
             &TrustedProxies::default(),
+            "127.0.0.1",
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
     }
 
     #[test]
-    fn xff_skips_trusted_proxies_from_the_right() {
-        let a = from_header(
+    fn without_trust_configuration_a_single_address_header_is_believed() {
+        let a = read(
+            "X-Real-IP",
+            " 198.51.100.4 ",
+            &TrustedProxies::default(),
+            "127.0.0.1",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("198.51.100.4"))));
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_the_header_says() {
+        let a = read(
             "x-forwarded-for",
-            ["6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.3"].into_iter(),
+            "203.0.113.9",
             &trusted(&["10.0.0.0/8"], 0),
+            "127.0.0.1",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("127.0.0.1"))));
+    }
+
+    #[test]
+    fn xff_is_walked_from_the_peer_through_trusted_proxies() {
+        let a = read(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 10.0.0.2",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.3",
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
     }
 
     #[test]
-    fn xff_skips_a_fixed_number_of_trusted_hops() {
-        let a = from_header(
+    fn the_walk_stops_at_the_first_untrusted_hop() {
+        // 203.0.113.9 is not a proxy we trust: what it claims (10.0.0.7) is not believed.
+        let a = read(
             "x-forwarded-for",
-            ["6.6.6.6, 203.0.113.9, 198.51.100.1"].into_iter(),
-            &trusted(&[], 1),
+            "10.0.0.7, 203.0.113.9",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.3",
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
+    }
+
+    #[test]
+    fn a_peer_envoy_already_appended_is_one_hop() {
+        let a = read(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 198.51.100.1",
+            &trusted(&[], 1),
+            "198.51.100.1",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
+    }
+
+    #[test]
+    fn trusted_hops_count_the_peer() {
+        let a = read(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 198.51.100.1",
+            &trusted(&[], 2),
+            "10.0.0.1",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
+    }
+
+    #[test]
+    fn when_every_hop_is_trusted_the_left_most_is_the_client() {
+        let a = read(
+            "x-forwarded-for",
+            "10.0.0.5",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.3",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("10.0.0.5"))));
     }
 
     #[test]
@@ -209,47 +325,98 @@ mod tests {
         let a = from_header(
             "x-forwarded-for",
             ["6.6.6.6", "203.0.113.9"].into_iter(),
-            &TrustedProxies::default(),
+            &trusted(&["10.0.0.0/8"], 0),
+            Some(ip("10.0.0.1")),
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
     }
 
     #[test]
     fn forwarded_header_for_values_are_hops() {
-        let a = from_header(
+        let a = read(
             "Forwarded",
-            ["for=6.6.6.6;proto=http, for=\"[2001:db8::7]:4711\""].into_iter(),
-            &TrustedProxies::default(),
+            "for=6.6.6.6;proto=http, for=\"[2001:db8::7]:4711\"",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.1",
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("2001:db8::7"))));
     }
 
     #[test]
-    fn other_headers_hold_one_address() {
-        let a = from_header(
+    fn a_single_address_header_from_a_trusted_peer_is_believed() {
+        let a = read(
             "X-Real-IP",
-            [" 198.51.100.4 "].into_iter(),
-            &TrustedProxies::default(),
+            "198.51.100.4",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.1",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("198.51.100.4"))));
+    }
+
+    #[test]
+    fn a_single_address_header_from_an_untrusted_peer_is_no_verdict() {
+        let a = read(
+            "X-Real-IP",
+            "198.51.100.4",
+            &trusted(&["10.0.0.0/8"], 0),
+            "127.0.0.1",
+        );
+        assert_eq!(a, None);
+    }
+
+    #[test]
+    fn with_trust_configuration_an_unknown_peer_is_no_verdict() {
+        let a = from_header(
+            "x-forwarded-for",
+            ["203.0.113.9"].into_iter(),
+            &trusted(&["10.0.0.0/8"], 0),
+            None,
+        );
+        assert_eq!(a, None);
+    }
+
+    #[test]
+    fn ipv4_mapped_trusted_proxies_match_ipv4_peers() {
+        let a = read(
+            "x-forwarded-for",
+            "203.0.113.9",
+            &trusted(&["::ffff:10.0.0.0/104"], 0),
+            "10.0.0.3",
+        );
+        assert_eq!(a, Some(ClientAddress::Ip(ip("203.0.113.9"))));
+    }
+
+    #[test]
+    fn an_ipv6_network_covering_the_mapped_form_of_an_ipv4_peer_trusts_it() {
+        // Found by the address fuzz target (tests/fuzz/regressions/address): ::/10 holds
+        // ::ffff:1.45.17.1, so the IPv4 peer 1.45.17.1 is a trusted proxy, as IP lists match.
+        let a = read(
+            "X-Real-IP",
+            "198.51.100.4",
+            &trusted(&["::/10"], 0),
+            "1.45.17.1",
         );
         assert_eq!(a, Some(ClientAddress::Ip(ip("198.51.100.4"))));
     }
 
     #[test]
     fn a_hop_that_is_not_an_ip_is_kept_as_text() {
-        let a = from_header(
+        let a = read(
             "x-forwarded-for",
-            ["unknown"].into_iter(),
+            "unknown",
             &TrustedProxies::default(),
+            "10.0.0.1",
         );
         assert_eq!(a, Some(ClientAddress::Unparsed("unknown".into())));
     }
 
     #[test]
     fn an_empty_header_names_no_address() {
-        let a = from_header(
+        let a = read(
             "x-forwarded-for",
-            [" , "].into_iter(),
-            &TrustedProxies::default(),
+            " , ",
+            &trusted(&["10.0.0.0/8"], 0),
+            "10.0.0.1",
         );
         assert_eq!(a, None);
     }

@@ -15,6 +15,7 @@ pub mod host;
 pub mod http;
 pub mod json;
 pub mod model;
+pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod registry;

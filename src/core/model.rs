@@ -24,6 +24,14 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let trimmed = url.trim();
+        if trimmed.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            // A path with CR/LF or a space would be an invalid `:path` (Envoy answers 503 in
+            // plain text, outside the error contract).
+            return Err(format!(
+                "\"{}\" has a space or control character; percent-encode it (a space is %20)",
+                trimmed.escape_debug()
+            ));
+        }
         let (https, rest) = if let Some(r) = strip_prefix_ignore_case(trimmed, "https://") {
             (true, r)
         } else if let Some(r) = strip_prefix_ignore_case(trimmed, "http://") {
@@ -35,7 +43,13 @@ impl Endpoint {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let scheme = if https { "https" } else { "http" };
+            let rest = rest.get(authority.len()..).unwrap_or_default();
+            return Err(format!(
+                "\"{scheme}://***@{host}{rest}\" carries user:password@ credentials, which would not be sent; give them as endpointProperties basic-auth.username and basic-auth.password (authorization.type: basic)"
+            ));
+        }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| format!("\"{url}\" has an invalid host or port"))?;
@@ -214,6 +228,27 @@ mod tests {
             (e.authority.as_str(), e.host.as_str(), e.path.as_str()),
             ("[::1]:9000", "::1", "/x")
         );
+    }
+
+    #[test]
+    fn an_endpoint_with_whitespace_or_control_characters_is_refused() {
+        for url in [
+            "http://h/a b",
+            "http://h/a\tb",
+            "http://h/a\r\nX-Injected: 1",
+            "http://h/a\u{7f}",
+            "http://h /a",
+        ] {
+            let e = Endpoint::parse(url).unwrap_err();
+            assert!(e.contains("space or control character"), "{url:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn userinfo_in_an_endpoint_is_refused_not_dropped() {
+        let e = Endpoint::parse("https://user:secret@api.example.com/x").unwrap_err();
+        assert!(e.contains("user:password@"), "{e}");
+        assert!(!e.contains("secret"), "the password is echoed: {e}");
     }
 
     #[test]

@@ -5,11 +5,31 @@
 //! Matching runs on bytes, which keeps the Unicode tables out of the wasm module. A non-ASCII
 //! literal in a pattern still matches its UTF-8 bytes; `.` matches one byte, not one character
 //! (the only difference from Java a path or header pattern is likely to meet).
+//!
+//! **Cost.** Every pattern is compiled at load into a dense DFA: matching is one table lookup per
+//! input byte, whatever the pattern, so a request can never make the gateway work harder than
+//! the length of what it sent. (A lazy DFA with an NFA fallback, as the `regex` crate's default
+//! engine uses, is linear too, but its factor is the size of the pattern's automaton: a pattern
+//! like `/(?:[a-z0-9]{1,255}/?){1,255}x` took seconds on a 4 KB path.) Patterns whose
+//! automaton would exceed the limits below are refused at load with the reason.
 
-use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::nfa::thompson;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
 
-#[derive(Debug, Clone)]
-pub struct Pattern(Regex);
+/// The most a pattern's NFA may take (bytes): bounded repetitions such as `[a-z]{1,255}`
+/// multiply it.
+pub const NFA_SIZE_LIMIT: usize = 32 * 1024;
+/// The most a pattern's DFA may take (bytes); what stays in memory per pattern and VM.
+pub const DFA_SIZE_LIMIT: usize = 256 * 1024;
+/// The most building a DFA may use on the way (bytes).
+pub const DETERMINIZE_SIZE_LIMIT: usize = 4 * 1024 * 1024;
+/// Group nesting deeper than this is refused (no real path or header pattern comes close).
+pub const NEST_LIMIT: u32 = 64;
+
+#[derive(Clone, Debug)]
+pub struct Pattern(dense::DFA<Vec<u32>>);
 
 impl Pattern {
     /// A pattern that must match the whole input, case-sensitively.
@@ -23,23 +43,72 @@ impl Pattern {
     }
 
     fn build(patterns: &[&str], ignore_case: bool) -> Result<Pattern, String> {
+        let shown = patterns.join("|");
         let alternatives: Vec<String> = patterns.iter().map(|p| format!("(?:{p})")).collect();
-        RegexBuilder::new(&format!("^(?:{})$", alternatives.join("|")))
-            .unicode(false)
-            .case_insensitive(ignore_case)
-            .build()
-            .map(Pattern)
+        let whole = format!("^(?:{})$", alternatives.join("|"));
+        let hir = syntax::parse_with(
+            &whole,
+            &syntax::Config::new()
+                .unicode(false)
+                .utf8(false)
+                .case_insensitive(ignore_case)
+                .nest_limit(NEST_LIMIT),
+        )
+        .map_err(|e| {
+            format!(
+                "\"{shown}\" is not a valid regular expression ({})",
+                reason(&e.to_string())
+            )
+        })?;
+        let too_big = |what: &str, limit: usize| {
+            format!(
+                "\"{shown}\" is too complex: its {what} would exceed {} KiB (bounded repetitions like {{1,255}} multiply it; write a simpler pattern)",
+                limit / 1024
+            )
+        };
+        let nfa = thompson::Compiler::new()
+            .configure(
+                thompson::Config::new()
+                    .utf8(false)
+                    .shrink(false)
+                    .nfa_size_limit(Some(NFA_SIZE_LIMIT)),
+            )
+            .build_from_hir(&hir)
+            .map_err(|e| match e.size_limit() {
+                Some(limit) => too_big("automaton", limit),
+                None => format!("\"{shown}\" is not a valid regular expression ({e})"),
+            })?;
+        let dfa = dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
+                    .determinize_size_limit(Some(DETERMINIZE_SIZE_LIMIT)),
+            )
+            .build_from_nfa(&nfa)
             .map_err(|e| {
-                let shown = patterns.join("|");
-                format!(
-                    "\"{shown}\" is not a valid regular expression ({})",
-                    reason(&e.to_string())
-                )
-            })
+                if e.is_size_limit_exceeded() {
+                    too_big("matching table", DFA_SIZE_LIMIT)
+                } else {
+                    format!("\"{shown}\" is not a valid regular expression ({e})")
+                }
+            })?;
+        Ok(Pattern(dfa))
     }
 
     pub fn is_match(&self, text: &str) -> bool {
-        self.0.is_match(text.as_bytes())
+        self.is_match_bytes(text.as_bytes())
+    }
+
+    pub fn is_match_bytes(&self, bytes: &[u8]) -> bool {
+        let input = Input::new(bytes).anchored(Anchored::Yes).earliest(true);
+        // A dense DFA without quit bytes has no way to fail a search.
+        matches!(self.0.try_search_fwd(&input), Ok(Some(_)))
+    }
+
+    /// The bytes the compiled pattern holds in memory.
+    pub fn memory_usage(&self) -> usize {
+        self.0.memory_usage()
     }
 }
 
@@ -73,6 +142,12 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_alternative_does_not_hide_a_longer_one() {
+        let p = Pattern::full("a|ab").unwrap();
+        assert!(p.is_match("ab"));
+    }
+
+    #[test]
     fn classes_are_ascii_as_in_java() {
         let p = Pattern::full(r"\w+").unwrap();
         assert!(p.is_match("abc_1"));
@@ -100,5 +175,114 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn backreferences_and_look_around_are_refused() {
+        for p in [r"(a)\1", "(?=a)a", "(?<=a)b"] {
+            assert!(Pattern::full(p).is_err(), "{p} accepted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Envoy's default limit on request headers (60 KiB): a path can be that long.
+    const ENVOY_MAX_PATH: usize = 60 * 1024;
+
+    fn path_of_len(len: usize) -> String {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 7 == 0 {
+                    '/'
+                } else {
+                    char::from(b'a' + (x % 26) as u8)
+                }
+            })
+            .collect()
+    }
+
+    fn fastest(p: &Pattern, text: &str) -> Duration {
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(p.is_match(std::hint::black_box(text)));
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// The largest member of a growing family of patterns that still loads (by bisection), with
+    /// the reason the next one is refused.
+    fn largest_accepted(family: impl Fn(usize) -> String) -> (Pattern, String, String) {
+        let (mut ok, mut refused) = (1, 1024);
+        let mut reason = Pattern::full(&family(refused)).expect_err("the family grows too big");
+        assert!(Pattern::full(&family(ok)).is_ok(), "{}", family(ok));
+        while refused - ok > 1 {
+            let mid = (ok + refused) / 2;
+            match Pattern::full(&family(mid)) {
+                Ok(_) => ok = mid,
+                Err(e) => (refused, reason) = (mid, e),
+            }
+        }
+        let text = family(ok);
+        let started = Instant::now();
+        let pattern = Pattern::full(&text).expect("loads");
+        let took = started.elapsed();
+        // Loading is bounded too: a pattern is compiled once per worker VM.
+        assert!(
+            took < Duration::from_secs(2),
+            "{text} took {took:?} to load"
+        );
+        eprintln!("{text}: loads in {took:?}");
+        (pattern, text, reason)
+    }
+
+    #[test]
+    fn the_worst_accepted_pattern_matches_a_path_of_envoys_maximum_length_in_under_a_millisecond() {
+        let path = path_of_len(ENVOY_MAX_PATH);
+        let families: [&dyn Fn(usize) -> String; 3] = [
+            // Each extra repetition doubles the DFA: the largest table that loads.
+            &|k| format!("(?:[a-z/])*[a-z][a-z/]{{{k}}}"),
+            // The issue's pattern with the largest bounds that load.
+            &|n| format!("/(?:[a-z0-9]{{1,{n}}}/?){{1,{n}}}x"),
+            // Nested unbounded repetitions and a long counted one.
+            &|n| format!("(?:(?:[a-z]+/)*[a-z]{{0,{}}})*/x", n * 8),
+        ];
+        for family in families {
+            let (pattern, text, refusal) = largest_accepted(family);
+            assert!(refusal.contains("is too complex"), "{refusal}");
+            let took = fastest(&pattern, &path);
+            eprintln!("{text}: {} KiB, {took:?}", pattern.memory_usage() / 1024);
+            assert!(
+                took < Duration::from_millis(1),
+                "{text} ({} KiB) took {took:?} on a {} KiB path",
+                pattern.memory_usage() / 1024,
+                ENVOY_MAX_PATH / 1024
+            );
+        }
+    }
+
+    #[test]
+    fn the_pattern_that_starved_envoy_is_refused_at_load_with_the_reason() {
+        let e = Pattern::full("/(?:[a-z0-9]{1,255}/?){1,255}x").unwrap_err();
+        assert_eq!(
+            e,
+            "\"/(?:[a-z0-9]{1,255}/?){1,255}x\" is too complex: its automaton would exceed 32 KiB (bounded repetitions like {1,255} multiply it; write a simpler pattern)"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}a{}", "(".repeat(100), ")".repeat(100));
+        assert!(Pattern::full(&deep).unwrap_err().contains("nest"));
     }
 }

@@ -84,8 +84,9 @@ pub struct Render<'a> {
     pub wasm: &'a str,
     pub route_timeout_ms: u64,
     pub cluster_header: &'a str,
-    /// `gateway.clientAddressHeader`: Envoy must overwrite it, or clients could forge it.
-    pub client_address_header: Option<&'a str>,
+    /// `gateway.clientAddressHeader`: always written by a `header_mutation` filter in front of
+    /// tollgate (and removed before the backend), or clients could choose their address.
+    pub client_address_header: &'a str,
     pub plugin_json: &'a str,
     pub clusters: &'a [ClusterPlan],
     pub keys: &'a [KeySecret],
@@ -285,15 +286,40 @@ fn is_ip(s: &str) -> bool {
     s.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// The header tollgate reads the client address from: the registry's
+/// `gateway.clientAddressHeader`, set to `x-tollgate-client-address` when the registry has
+/// none. The bootstrap always writes it with a `header_mutation` filter, so the two are never
+/// apart (and the filter saves a property lookup per request).
+pub fn pair_client_address_header(registry: &mut serde_json::Value) -> String {
+    const DEFAULT: &str = "x-tollgate-client-address";
+    let Some(top) = registry.as_object_mut() else {
+        return DEFAULT.to_string();
+    };
+    let gateway = top
+        .entry("gateway")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    match gateway.as_object_mut() {
+        Some(g) => match g.get("clientAddressHeader").and_then(|h| h.as_str()) {
+            Some(h) => h.trim().to_ascii_lowercase(),
+            None => {
+                g.insert("clientAddressHeader".into(), DEFAULT.into());
+                DEFAULT.to_string()
+            }
+        },
+        // Not an object: the filter's loader refuses the registry anyway.
+        None => DEFAULT.to_string(),
+    }
+}
+
 /// The Envoy bootstrap.
 pub fn bootstrap_yaml(r: &Render) -> String {
     let mut out = header(r.source);
-    let (removed, address_filter) = match r.client_address_header {
-        Some(h) => (
-            format!("{}, {h}", r.cluster_header),
-            format!(
-                r#"          # Hands tollgate the client address in the header the registry names
-          # (gateway.clientAddressHeader), overwritten so clients cannot forge it.
+    let h = r.client_address_header;
+    let removed = format!("{}, {h}", r.cluster_header);
+    let address_filter = format!(
+        r#"          # Hands tollgate the client address in the header the registry names
+          # (gateway.clientAddressHeader), overwritten so clients cannot forge it. The two go
+          # together: without this filter a client could send the header itself.
           - name: envoy.filters.http.header_mutation
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
@@ -303,10 +329,7 @@ pub fn bootstrap_yaml(r: &Render) -> String {
                     header: {{key: {h}, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}
                     append_action: OVERWRITE_IF_EXISTS_OR_ADD
 "#
-            ),
-        ),
-        None => (r.cluster_header.to_string(), String::new()),
-    };
+    );
     let (wasm_filter, dynamic) = match r.delivery {
         Delivery::Inline => (
             format!(
@@ -361,6 +384,9 @@ static_resources:
           use_remote_address: true
           normalize_path: true
           merge_slashes: true
+          # tollgate matches policies on the decoded path itself and forwards what the client
+          # sent; pinned so a change of Envoy's default cannot change what backends receive.
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
           access_log:
 {decision_log}          - name: envoy.access_loggers.stderr
             filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF, UT, NC]}}}}

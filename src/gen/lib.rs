@@ -73,6 +73,7 @@ pub fn generate(
         written: Vec::new(),
     };
     let mut resolution = resolve::resolve(def, &mut errors, &mut findings.warnings);
+    let client_address_header = envoy::pair_client_address_header(&mut resolution.registry);
 
     // The filter's own loader checks the registry as Envoy will, and says which services its
     // policies call (they get clusters too).
@@ -117,7 +118,6 @@ pub fn generate(
             .map(str::to_ascii_lowercase)
     };
     let cluster_header = header("clusterHeader").unwrap_or_else(|| "x-tollgate-cluster".into());
-    let client_address_header = header("clientAddressHeader");
     let sds_dir_text = sds_dir.display().to_string();
     let dynamic_dir = options.out_dir.join("dynamic");
     let dynamic_dir_text = dynamic_dir.display().to_string();
@@ -129,7 +129,7 @@ pub fn generate(
         wasm: &def.wasm,
         route_timeout_ms: resolution.route_timeout_ms,
         cluster_header: &cluster_header,
-        client_address_header: client_address_header.as_deref(),
+        client_address_header: &client_address_header,
         plugin_json: &plugin_json,
         clusters: &plan.clusters,
         keys: &plan.keys,

@@ -672,7 +672,7 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         wasm: "tollgate.wasm",
         route_timeout_ms: 30_000,
         cluster_header: "x-tollgate-cluster",
-        client_address_header: Some("x-tollgate-client-address"),
+        client_address_header: "x-tollgate-client-address",
         plugin_json: "{}",
         clusters: &[],
         keys: &[],
@@ -694,6 +694,7 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         "use_remote_address: true",
         "normalize_path: true",
         "merge_slashes: true",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
         "cluster_header: x-tollgate-cluster",
         "cluster_not_found_response_code: SERVICE_UNAVAILABLE",
         "request_headers_to_remove: [x-tollgate-cluster, x-tollgate-client-address]",
@@ -774,5 +775,50 @@ fn an_https_call_out_without_a_truststore_is_refused() {
         errors(&def).contains("call-out cluster authz.test:443: https endpoint"),
         "{}",
         errors(&def)
+    );
+}
+
+/// Generates a plain-HTTP gateway from `registry` YAML and returns its envoy.yaml.
+fn plain_gateway(label: &str, registry: &str) -> String {
+    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
+    let def = definition::read(&format!("registry:\n{registry}")).unwrap();
+    let options = Options {
+        stores_dir: out.join("stores"),
+        out_dir: out.clone(),
+        check_only: false,
+    };
+    generate(&def, "test.yaml", &options).unwrap();
+    // The bootstrap and the registry, which lives in its own file.
+    let yaml = std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
+        + &std::fs::read_to_string(out.join("dynamic/registry.yaml")).unwrap();
+    let _ = std::fs::remove_dir_all(out);
+    yaml
+}
+
+#[test]
+fn the_client_address_header_is_always_paired_with_the_filter_that_overwrites_it() {
+    let apis = "  apis:\n  - {organizationId: t, apiId: a, version: '1', publicAPI: true, endpoint: 'http://a.test/'}\n";
+    // Not set in the registry: the generator sets it, so the filter reads what Envoy wrote.
+    let yaml = plain_gateway("addr-default", apis);
+    assert!(
+        yaml.contains("\"clientAddressHeader\": \"x-tollgate-client-address\""),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("header: {key: x-tollgate-client-address, value: \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"}"),
+        "{yaml}"
+    );
+    // Set: that header is the one Envoy overwrites and removes before the backend.
+    let yaml = plain_gateway(
+        "addr-custom",
+        &format!("  gateway: {{clientAddressHeader: X-Peer}}\n{apis}"),
+    );
+    assert!(
+        yaml.contains("header: {key: x-peer, value: \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"}"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("request_headers_to_remove: [x-tollgate-cluster, x-peer]"),
+        "{yaml}"
     );
 }

@@ -62,8 +62,17 @@ pub fn parse_policy(
     };
     // The friendly form takes an object; Apiman's a JSON string. Accept either in either field.
     let config_raw = f.raw(&["config", "policyJsonConfig"]);
-    f.ignore(&["policyDefinitionId", "name", "description", "enabled"]);
+    f.ignore(&["policyDefinitionId", "name", "description"]);
+    // Apiman's gateway has no per-policy switch: `enabled: false` must neither be ignored
+    // (running a policy its author turned off) nor honoured (silently opening an API).
+    let disabled = f.bool(&["enabled"], problems) == Some(false);
+    if disabled {
+        problems.error(&f.field_path("enabled"), DISABLED);
+    }
     f.finish(problems);
+    if disabled {
+        return None;
+    }
 
     let kind = names.iter().find_map(|n| policy::kind_by_name(n));
     let Some(kind) = kind else {
@@ -118,6 +127,20 @@ pub fn parse_policy(
             return None;
         }
     };
+    if let Some(switch) = config.get("enabled") {
+        let off = match switch {
+            Value::Bool(b) => !b,
+            Value::String(s) => s.trim().eq_ignore_ascii_case("false"),
+            _ => false,
+        };
+        if off {
+            problems.errors.push(format!(
+                "{path} ({}): {config_path}.enabled: {DISABLED}",
+                kind.id
+            ));
+            return None;
+        }
+    }
     Some(PolicySpec {
         path: path.to_string(),
         kind,
@@ -125,6 +148,8 @@ pub fn parse_policy(
         config,
     })
 }
+
+const DISABLED: &str = "a policy cannot be disabled in place (Apiman's gateway has no such switch, and tollgate will neither run a policy marked disabled nor skip one silently): remove it from the list";
 
 /// Apiman resolves `${name}` in policy configurations from system properties and the
 /// environment. Here the environment is the one Envoy gives the VM
@@ -239,6 +264,43 @@ mod tests {
             "{}",
             p.errors[0]
         );
+    }
+
+    #[test]
+    fn a_policy_marked_enabled_false_is_refused_not_run_or_skipped() {
+        let (c, p) = parse(json!({"policy": "ip-allowlist", "enabled": false,
+                                  "config": {"ipList": ["10.0.0.0/8"]}}));
+        assert!(c.is_none());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert!(
+            p.errors[0].starts_with(
+                "apis[0].apiPolicies[0].enabled: a policy cannot be disabled in place"
+            ),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn enabled_false_inside_a_policy_configuration_is_refused() {
+        let (c, p) = parse(json!({
+            "policyImpl": "class:io.apiman.gateway.engine.policies.IPBlacklistPolicy",
+            "policyJsonConfig": "{\"enabled\":\"false\",\"ipList\":[\"10.0.0.1\"]}"
+        }));
+        assert!(c.is_none());
+        assert!(
+            p.errors[0].starts_with(
+                "apis[0].apiPolicies[0] (ip-blocklist): policyJsonConfig.enabled: a policy cannot be disabled in place"
+            ),
+            "{:?}",
+            p.errors
+        );
+    }
+
+    #[test]
+    fn a_policy_marked_enabled_true_loads() {
+        let (c, p) = parse(json!({"policy": "ip-allowlist", "enabled": true, "config": {}}));
+        assert!(p.is_ok() && c.is_some(), "{:?}", p.errors);
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! 200 and never reaches the backend or the policies after this one.
 //!
 //! Differences from Apiman: `Vary: Origin` is always sent (caches must not serve one origin's
-//! answer to another); the same-origin check compares the origin's host with the request's
-//! authority (Apiman compares `Host` with the full origin, which never matches); a preflight
+//! answer to another); the same-origin check compares the origin's scheme, host and port with
+//! the request's `:scheme` and authority (Apiman compares `Host` with the full origin, which
+//! never matches); a preflight
 //! without `maxAge` works (Apiman fails it with a 500); a disallowed origin gets no
 //! `Access-Control-Allow-Origin` at all rather than an empty one; allowed origins may use a
-//! leading wildcard label (`https://*.example.com`).
+//! leading wildcard label (`https://*.example.com`), which matches only an origin that is
+//! exactly `scheme://host[:port]` (never `https://evil.com/.example.com`).
 
 use super::{
     Capabilities, Context, FailureType, FieldDoc, Phase, PhaseSet, Policy, PolicyFailure,
@@ -110,8 +112,8 @@ pub struct Cors {
     any_origin: bool,
     /// Exact origins, lower-cased.
     origins: Vec<String>,
-    /// `scheme://` and `.suffix` of `scheme://*.suffix` entries.
-    wildcard_origins: Vec<(String, String)>,
+    /// `scheme://*.suffix[:port]` entries.
+    wildcard_origins: Vec<WildcardOrigin>,
     allow_credentials: bool,
     expose_headers: Option<String>,
     allow_headers: Vec<String>,
@@ -126,12 +128,26 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<Cors> {
     let mut any_origin = false;
     let mut origins = Vec::new();
     let mut wildcard_origins = Vec::new();
-    for (_, origin) in f.strings(&["allowOrigin", "allowOrigins"], problems) {
+    let mut ok = true;
+    for (path, origin) in f.strings(&["allowOrigin", "allowOrigins"], problems) {
         let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
         if o == "*" {
             any_origin = true;
         } else if let Some((scheme, rest)) = o.split_once("://*.") {
-            wildcard_origins.push((format!("{scheme}://"), format!(".{rest}")));
+            match Origin::parse(&format!("{scheme}://{rest}")) {
+                Some(base) => wildcard_origins.push(WildcardOrigin {
+                    scheme: base.scheme,
+                    suffix: format!(".{}", base.host),
+                    port: base.port,
+                }),
+                None => {
+                    problems.error(
+                        &path,
+                        format!("\"{origin}\" is not an origin (scheme://*.host[:port])"),
+                    );
+                    ok = false;
+                }
+            }
         } else if !o.is_empty() {
             origins.push(o);
         }
@@ -153,7 +169,7 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<Cors> {
     let max_age = f
         .integer(&["maxAge"], problems)
         .map(|m| m.max(0).to_string());
-    Some(Cors {
+    ok.then_some(Cors {
         error_on_failure,
         any_origin,
         origins,
@@ -168,21 +184,108 @@ fn build(f: &mut Fields, problems: &mut Problems) -> Option<Cors> {
     })
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, nothing else (no path, query,
+/// fragment, user info or backslash), lower-cased.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    fn parse(text: &str) -> Option<Origin> {
+        let lower = text.trim().to_ascii_lowercase();
+        let (scheme, rest) = lower.split_once("://")?;
+        let scheme_ok = scheme
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (address, after) = v6.split_once(']')?;
+                address.parse::<std::net::Ipv6Addr>().ok()?;
+                (&rest[..address.len() + 2], after)
+            }
+            None => match rest.find(':') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            },
+        };
+        let host_ok = host.starts_with('[')
+            || (!host.is_empty()
+                && !host.starts_with('.')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
+        let port = match port {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+        };
+        (scheme_ok && host_ok).then(|| Origin {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The port, or the scheme's default.
+    fn effective_port(&self) -> Option<u16> {
+        self.port.or(match self.scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        })
+    }
+}
+
+/// An allowed origin with a leading wildcard label: `https://*.example.com`.
+struct WildcardOrigin {
+    scheme: String,
+    /// `.example.com`
+    suffix: String,
+    port: Option<u16>,
+}
+
+impl WildcardOrigin {
+    fn matches(&self, o: &Origin) -> bool {
+        o.scheme == self.scheme
+            && o.port == self.port
+            && o.host.len() > self.suffix.len()
+            && o.host.ends_with(self.suffix.as_str())
+    }
+}
+
 impl Cors {
-    fn origin_allowed(&self, origin: &str, authority: Option<&str>) -> bool {
+    /// `scheme` is the request's `:scheme` (absent in tests: http or https then).
+    fn origin_allowed(&self, origin: &str, authority: Option<&str>, scheme: Option<&str>) -> bool {
         let o = origin.trim().to_ascii_lowercase();
         if self.any_origin || self.origins.contains(&o) {
             return true;
         }
-        if self.wildcard_origins.iter().any(|(scheme, suffix)| {
-            o.strip_prefix(scheme.as_str())
-                .is_some_and(|host| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-        }) {
+        let Some(parsed) = Origin::parse(&o) else {
+            return false;
+        };
+        if self.wildcard_origins.iter().any(|w| w.matches(&parsed)) {
             return true;
         }
-        // Same origin: the origin's host[:port] is the authority the request was sent to.
-        let host = o.split_once("://").map_or(o.as_str(), |(_, h)| h);
-        authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+        // Same origin: the scheme and host:port the request was sent to.
+        let scheme_ok = match scheme {
+            Some(s) => s.eq_ignore_ascii_case(&parsed.scheme),
+            None => matches!(parsed.scheme.as_str(), "http" | "https"),
+        };
+        let Some(gateway) =
+            authority.and_then(|a| Origin::parse(&format!("{}://{a}", parsed.scheme)))
+        else {
+            return false;
+        };
+        scheme_ok
+            && matches!(parsed.scheme.as_str(), "http" | "https")
+            && gateway.host == parsed.host
+            && gateway.effective_port() == parsed.effective_port()
     }
 
     fn failure(&self, message: &str, headers: Vec<(String, String)>) -> Verdict {
@@ -212,7 +315,11 @@ impl Policy for Cors {
             return Verdict::Continue;
         };
         let mut headers: Vec<(String, String)> = vec![("Vary".into(), "Origin".into())];
-        let allowed = self.origin_allowed(&origin, request.headers.get(":authority"));
+        let allowed = self.origin_allowed(
+            &origin,
+            request.headers.get(":authority"),
+            request.headers.get(":scheme"),
+        );
         if allowed {
             headers.push(("Access-Control-Allow-Origin".into(), origin.clone()));
             if self.allow_credentials {
@@ -520,21 +627,58 @@ mod tests {
         ));
     }
 
+    fn allows(p: &dyn Policy, origin: &str, extra: &[(&str, &str)]) -> bool {
+        let mut headers = vec![("origin", origin)];
+        headers.extend_from_slice(extra);
+        is_continue(&Fixture::new().on_request(p, &mut request("GET", &headers)))
+    }
+
+    #[test]
+    fn a_wildcard_origin_matches_a_host_not_a_path_or_query_ending_in_its_suffix() {
+        let p = compile(&KIND, json!({"allowOrigin": ["https://*.example.org"]}));
+        assert!(allows(p.as_ref(), "https://a.b.example.org", &[]));
+        for origin in [
+            "https://evil.com/.example.org",
+            "https://evil.com?.example.org",
+            "https://evil.com#.example.org",
+            "https://evil.com\\.example.org",
+            "https://user@evil.com/.example.org",
+            "https://a.example.org:8443",
+            "http://a.example.org",
+            "https://.example.org",
+        ] {
+            assert!(!allows(p.as_ref(), origin, &[]), "{origin} allowed");
+        }
+    }
+
+    #[test]
+    fn an_invalid_wildcard_origin_refuses_the_configuration() {
+        assert_eq!(
+            errors(&KIND, json!({"allowOrigin": ["https://*.ex ample.org"]})),
+            vec!["config.allowOrigin[0]: \"https://*.ex ample.org\" is not an origin (scheme://*.host[:port])"]
+        );
+    }
+
     #[test]
     fn a_same_origin_request_is_allowed() {
         let p = compile(&KIND, json!({"allowOrigin": []}));
-        let mut f = Fixture::new();
-        let v = f.on_request(
-            p.as_ref(),
-            &mut request(
-                "GET",
-                &[
-                    ("origin", "http://gw.local:10000"),
-                    (":authority", "gw.local:10000"),
-                ],
-            ),
-        );
-        assert!(is_continue(&v));
+        let gateway = [(":authority", "gw.local:10000"), (":scheme", "http")];
+        assert!(allows(p.as_ref(), "http://gw.local:10000", &gateway));
+        let default_port = [(":authority", "gw.local"), (":scheme", "https")];
+        assert!(allows(p.as_ref(), "https://gw.local:443", &default_port));
+    }
+
+    #[test]
+    fn the_same_origin_check_compares_the_scheme() {
+        let p = compile(&KIND, json!({"allowOrigin": []}));
+        let gateway = [(":authority", "gw.local:10000"), (":scheme", "http")];
+        for origin in [
+            "javascript://gw.local:10000",
+            "https://gw.local:10000",
+            "file://gw.local:10000",
+        ] {
+            assert!(!allows(p.as_ref(), origin, &gateway), "{origin} allowed");
+        }
     }
 
     #[test]

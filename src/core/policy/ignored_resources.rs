@@ -39,7 +39,7 @@ pub const KIND: PolicyKind = PolicyKind {
             default: "",
             apiman: true,
             meaning:
-                "a regex that must match the whole resource path (below the API, without the query)",
+                "a regex that must match the whole resource path (below the API, without the query), as policies see it: `;` parameters removed, percent-decoded, dot segments resolved (see [Requests](#requests))",
         },
         FieldDoc {
             name: "pathsToIgnore",
@@ -133,7 +133,10 @@ impl Policy for IgnoredResources {
         Verdict::Fail(PolicyFailure::new(
             FailureType::NotFound,
             FAILURE_CODE,
-            format!("Requested path \"{destination}\" has been ignored."),
+            format!(
+                "Requested path \"{}\" has been ignored.",
+                cx.requested_path()
+            ),
         ))
     }
 }
@@ -209,6 +212,61 @@ mod tests {
             f.on_request(p.as_ref(), &mut request("PUT", &[])),
             Verdict::Fail(_)
         ));
+    }
+
+    fn ignored(pattern: &str, path: &str) -> bool {
+        let p = compile(
+            &KIND,
+            json!({"rules": [{"verb": "*", "pathPattern": pattern}]}),
+        );
+        let mut f = Fixture::at(path);
+        matches!(
+            f.on_request(p.as_ref(), &mut request("GET", &[])),
+            Verdict::Fail(_)
+        )
+    }
+
+    #[test]
+    fn path_parameters_do_not_hide_an_ignored_path() {
+        assert!(ignored("/internal/.*", "/internal;x=1/metrics"));
+        assert!(ignored("/admin", "/admin;x=1"));
+        assert!(ignored("/admin/users", "/admin;jsessionid=1/users;v=2"));
+    }
+
+    #[test]
+    fn encoded_slashes_and_backslashes_do_not_hide_an_ignored_path() {
+        assert!(ignored("/internal/.*", "/internal%2Fmetrics"));
+        assert!(ignored("/internal/.*", "/internal%2fmetrics"));
+        assert!(ignored("/internal/.*", "/internal%5Cmetrics"));
+        assert!(ignored("/internal/.*", "/internal\\metrics"));
+    }
+
+    #[test]
+    fn dot_segments_and_repeated_slashes_do_not_hide_an_ignored_path() {
+        assert!(ignored("/admin", "/public/../admin"));
+        assert!(ignored("/admin", "/./admin"));
+        assert!(ignored("/admin/x", "//admin//x"));
+        assert!(ignored("/admin", "/public/%2e%2e/admin"));
+    }
+
+    #[test]
+    fn a_non_ascii_pattern_matches_the_percent_decoded_path() {
+        assert!(ignored("/caf\u{e9}/.*", "/caf%C3%A9/menu"));
+        assert!(ignored("/caf\u{e9}/.*", "/caf\u{e9}/menu"));
+    }
+
+    #[test]
+    fn the_failure_names_the_path_as_requested() {
+        let p = compile(
+            &KIND,
+            json!({"rules": [{"verb": "*", "pathPattern": "/internal/.*"}]}),
+        );
+        let mut f = Fixture::at("/internal;x=1/metrics");
+        let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
+        assert_eq!(
+            fail.message,
+            "Requested path \"/internal;x=1/metrics\" has been ignored."
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        ip_list::parse_config(f, problems).map(|config| Box::new(IpAllowlist { config }) as _)
+    build: |cx, f, problems| {
+        ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpAllowlist { config }) as _)
     },
 };
 
@@ -145,6 +145,57 @@ mod tests {
         assert!(is_continue(
             &f.on_request(p.as_ref(), &mut request("GET", &[]))
         ));
+    }
+
+    #[test]
+    fn a_forwarded_header_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["203.0.113.0/24"], "httpHeader": "Forwarded", "responseCode": 403}),
+        );
+        let mut f = Fixture::trusting("127.0.0.1:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("forwarded", "for=203.0.113.7")]);
+        let fail = failure(f.on_request(p.as_ref(), &mut req));
+        assert_eq!(
+            fail.message,
+            "Inbound IP address \"127.0.0.1\" is not included in the white list."
+        );
+    }
+
+    #[test]
+    fn a_forwarded_header_from_a_trusted_proxy_names_the_client() {
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["203.0.113.0/24"], "httpHeader": "Forwarded"}),
+        );
+        let mut f = Fixture::trusting("10.1.2.3:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("forwarded", "for=203.0.113.7")]);
+        assert!(is_continue(&f.on_request(p.as_ref(), &mut req)));
+    }
+
+    #[test]
+    fn an_http_header_that_is_not_a_header_name_refuses_the_configuration() {
+        assert_eq!(
+            errors(&KIND, json!({"ipList": [], "httpHeader": "X Forwarded"})),
+            vec!["config.httpHeader: \"X Forwarded\" is not a valid header name"]
+        );
+    }
+
+    #[test]
+    fn an_http_header_without_trusted_proxies_warns_that_clients_choose_their_address() {
+        let (_, problems) = build(
+            &KIND,
+            json!({"ipList": [], "httpHeader": "X-Forwarded-For"}),
+            &|_| None,
+        );
+        assert_eq!(problems.warnings.len(), 1, "{:?}", problems.warnings);
+        assert!(
+            problems.warnings[0].starts_with(
+                "config.httpHeader: \"X-Forwarded-For\" is believed as the client sends it"
+            ),
+            "{}",
+            problems.warnings[0]
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub const KIND: PolicyKind = PolicyKind {
     capabilities: Capabilities {
         answers_keyless_preflight: false,
     },
-    build: |_, f, problems| {
-        ip_list::parse_config(f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
+    build: |cx, f, problems| {
+        ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpBlocklist { config }) as _)
     },
 };
 
@@ -110,6 +110,67 @@ mod tests {
         let mut f = Fixture::from("[2001:db8::42]:5555");
         let fail = failure(f.on_request(p.as_ref(), &mut request("GET", &[])));
         assert_eq!(fail.status(), 403);
+    }
+
+    fn blocklist(header: &str) -> Box<dyn Policy> {
+        compile(
+            &KIND,
+            json!({"ipList": ["127.0.0.1"], "httpHeader": header, "responseCode": 403}),
+        )
+    }
+
+    #[test]
+    fn a_listed_peer_cannot_hide_behind_a_forwarded_header() {
+        let p = blocklist("Forwarded");
+        let mut f = Fixture::trusting("127.0.0.1:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("forwarded", "for=1.2.3.4")]);
+        assert_eq!(failure(f.on_request(p.as_ref(), &mut req)).status(), 403);
+    }
+
+    #[test]
+    fn a_listed_peer_cannot_hide_behind_an_x_forwarded_for_envoy_did_not_append_to() {
+        let p = blocklist("X-Forwarded-For");
+        let mut f = Fixture::trusting("127.0.0.1:40000", &["10.0.0.0/8"], 0);
+        let mut req = request("GET", &[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(failure(f.on_request(p.as_ref(), &mut req)).status(), 403);
+    }
+
+    #[test]
+    fn a_single_address_header_counts_only_from_a_trusted_peer() {
+        let p = blocklist("X-Real-IP");
+        let mut req = request("GET", &[("x-real-ip", "1.2.3.4")]);
+        let mut untrusted = Fixture::trusting("127.0.0.1:40000", &["10.0.0.0/8"], 0);
+        assert_eq!(
+            failure(untrusted.on_request(p.as_ref(), &mut req)).status(),
+            403
+        );
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["1.2.3.4"], "httpHeader": "X-Real-IP", "responseCode": 403}),
+        );
+        let mut trusted = Fixture::trusting("10.0.0.9:40000", &["10.0.0.0/8"], 0);
+        assert_eq!(
+            failure(trusted.on_request(p.as_ref(), &mut req)).status(),
+            403
+        );
+    }
+
+    #[test]
+    fn with_trusted_hops_the_peer_is_the_first_hop() {
+        // One proxy in front: it is the peer, and the hop it appended is the client.
+        let p = compile(
+            &KIND,
+            json!({"ipList": ["198.51.100.7"], "httpHeader": "X-Forwarded-For", "responseCode": 403}),
+        );
+        let mut f = Fixture::trusting("10.0.0.2:1", &[], 1);
+        let mut req = request("GET", &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
+        assert_eq!(failure(f.on_request(p.as_ref(), &mut req)).status(), 403);
+        // Envoy (use_remote_address) appended the peer itself: it is not counted twice.
+        let mut req = request(
+            "GET",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2")],
+        );
+        assert_eq!(failure(f.on_request(p.as_ref(), &mut req)).status(), 403);
     }
 
     #[test]

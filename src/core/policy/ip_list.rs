@@ -8,8 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Context, FailureType, FieldDoc, PolicyFailure};
+use super::{BuildContext, Context, FailureType, FieldDoc, PolicyFailure};
 use crate::client_ip::{self, ClientAddress};
+use crate::http::is_token_byte;
 use crate::http::Request;
 use crate::json::{Fields, Problems};
 
@@ -36,7 +37,7 @@ pub(super) const FIELDS: &[FieldDoc] = &[
         ty: "string",
         default: "",
         apiman: true,
-        meaning: "read the client address from this header instead of the connection; `X-Forwarded-For` and `Forwarded` are read as hop lists (the right-most hop that is not a trusted proxy)",
+        meaning: "read the client address from this header instead of the connection. With `gateway.trustedProxies`/`trustedHops`, only what trusted proxies wrote counts: `X-Forwarded-For` and `Forwarded` are walked from the socket peer through trusted hops, another header counts only from a trusted peer. Without them the header is believed as sent, as in Apiman (warned at load). See [Deploying safely](#deploying-safely)",
     },
 ];
 
@@ -72,17 +73,25 @@ impl IpList {
         let e = entry.trim();
         let invalid = || format!("\"{entry}\" is not an IP, CIDR, range or wildcard");
         if let Some((start, end)) = e.split_once('-') {
-            let (a, b) = (
-                parse_bound(start.trim(), false),
-                parse_bound(end.trim(), true),
-            );
+            let bounds = |normalise| {
+                (
+                    parse_bound(start.trim(), false, normalise),
+                    parse_bound(end.trim(), true, normalise),
+                )
+            };
+            // `::ffff:1.2.3.4-1.2.3.9` mixes forms of IPv4; `::-::ffff:10.0.0.1` is IPv6.
+            let (a, b) = match bounds(false) {
+                (Some(Bound::V4(_)), Some(Bound::V6(_)))
+                | (Some(Bound::V6(_)), Some(Bound::V4(_))) => bounds(true),
+                same => same,
+            };
             return match (a, b) {
                 (Some(Bound::V4(a)), Some(Bound::V4(b))) => {
                     self.v4.push((a.min(b), a.max(b)));
                     Ok(())
                 }
                 (Some(Bound::V6(a)), Some(Bound::V6(b))) => {
-                    self.v6.push((a.min(b), a.max(b)));
+                    self.push_v6(a.min(b), a.max(b));
                     Ok(())
                 }
                 (Some(_), Some(_)) => Err(format!("\"{entry}\" mixes IPv4 and IPv6 in one range")),
@@ -95,9 +104,9 @@ impl IpList {
                 ipnet::IpNet::V4(n) => self
                     .v4
                     .push((u32::from(n.network()), u32::from(n.broadcast()))),
-                ipnet::IpNet::V6(n) => self
-                    .v6
-                    .push((u128::from(n.network()), u128::from(n.broadcast()))),
+                ipnet::IpNet::V6(n) => {
+                    self.push_v6(u128::from(n.network()), u128::from(n.broadcast()))
+                }
             }
             return Ok(());
         }
@@ -123,6 +132,21 @@ impl IpList {
             Err(_) => return Err(invalid()),
         }
         Ok(())
+    }
+
+    /// An IPv6 range; the part of it in the IPv4-mapped block (`::ffff:0:0/96`) also counts
+    /// as IPv4, since clients are judged by their IPv4 form (`::ffff:127.0.0.0/104` is
+    /// `127.0.0.0/8`).
+    fn push_v6(&mut self, start: u128, end: u128) {
+        const MAPPED: u128 = 0xffff << 32;
+        const MAPPED_END: u128 = MAPPED | 0xffff_ffff;
+        self.v6.push((start, end));
+        let (low, high) = (start.max(MAPPED), end.min(MAPPED_END));
+        if low <= high {
+            // Both lie in the mapped block, so the differences fit in 32 bits.
+            let v4 = |n: u128| u32::try_from(n - MAPPED).unwrap_or(u32::MAX);
+            self.v4.push((v4(low), v4(high)));
+        }
     }
 
     /// Sorts and merges ranges; call once after the last `add`.
@@ -173,13 +197,18 @@ enum Bound {
 
 /// One end of a dash range: an address, or an IPv4 wildcard (`*` is 0 at the start of a range
 /// and 255 at its end, so `192.168.0.*-192.168.99.*` covers 192.168.0.0 to 192.168.99.255).
-fn parse_bound(text: &str, upper: bool) -> Option<Bound> {
+fn parse_bound(text: &str, upper: bool, normalise: bool) -> Option<Bound> {
     if text.contains('*') {
         let fill = if upper { 255 } else { 0 };
         let octets = wildcard_octets(text)?.map(|o| o.unwrap_or(fill));
         return Some(Bound::V4(u32::from(Ipv4Addr::from(octets))));
     }
-    match text.parse::<IpAddr>().ok().map(client_ip::normalize)? {
+    let ip = text.parse::<IpAddr>().ok()?;
+    match if normalise {
+        client_ip::normalize(ip)
+    } else {
+        ip
+    } {
         IpAddr::V4(v4) => Some(Bound::V4(u32::from(v4))),
         IpAddr::V6(v6) => Some(Bound::V6(u128::from(v6))),
     }
@@ -218,7 +247,11 @@ pub struct IpListConfig {
     pub http_header: Option<String>,
 }
 
-pub fn parse_config(f: &mut Fields, problems: &mut Problems) -> Option<IpListConfig> {
+pub fn parse_config(
+    cx: &BuildContext,
+    f: &mut Fields,
+    problems: &mut Problems,
+) -> Option<IpListConfig> {
     let mut list = IpList::default();
     let mut ok = true;
     for (path, entry) in f.strings(&["ipList"], problems) {
@@ -247,6 +280,22 @@ pub fn parse_config(f: &mut Fields, problems: &mut Problems) -> Option<IpListCon
         .string(&["httpHeader"], problems)
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty());
+    if let Some(h) = &http_header {
+        if !h.bytes().all(is_token_byte) {
+            problems.error(
+                &f.field_path("httpHeader"),
+                format!("\"{h}\" is not a valid header name"),
+            );
+            ok = false;
+        } else if !cx.settings.trusted_proxies.configured() {
+            problems.warning(
+                &f.field_path("httpHeader"),
+                format!(
+                    "\"{h}\" is believed as the client sends it (as in Apiman), because the gateway has no trustedProxies or trustedHops: any client can choose the address this policy judges. Set gateway.trustedProxies to the proxies in front of the gateway (README: Deploying safely)"
+                ),
+            );
+        }
+    }
     ok.then_some(IpListConfig {
         list,
         response_code,
@@ -254,19 +303,24 @@ pub fn parse_config(f: &mut Fields, problems: &mut Problems) -> Option<IpListCon
     })
 }
 
-/// The address the policy judges: from `httpHeader` when configured and present, else the
-/// downstream peer.
+/// The address the policy judges: from `httpHeader` when configured and present (read against
+/// the gateway's trusted proxies, see `client_ip::from_header`), else the downstream peer.
 pub fn client_address(
     config: &IpListConfig,
     cx: &mut Context,
     request: &Request,
 ) -> Option<ClientAddress> {
     if let Some(header) = &config.http_header {
-        if let Some(found) = client_ip::from_header(
-            header,
-            request.headers.get_all(header),
-            &cx.settings.trusted_proxies,
-        ) {
+        let trusted = &cx.settings.trusted_proxies;
+        // Only a trusted proxy's word counts, so the peer is needed to read the header at all.
+        let peer = if trusted.configured() {
+            cx.downstream_ip()
+        } else {
+            None
+        };
+        if let Some(found) =
+            client_ip::from_header(header, request.headers.get_all(header), trusted, peer)
+        {
             return Some(found);
         }
     }
@@ -382,6 +436,21 @@ mod tests {
         ] {
             assert!(l.add(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_cidrs_match_ipv4_clients() {
+        let l = list(&["::ffff:127.0.0.0/104"]);
+        assert!(has(&l, "127.0.0.1"));
+        assert!(has(&l, "::ffff:127.0.0.2"));
+        assert!(!has(&l, "128.0.0.1"));
+    }
+
+    #[test]
+    fn ipv6_ranges_that_cover_mapped_addresses_cover_those_ipv4_clients() {
+        let l = list(&["::-::ffff:10.255.255.255"]);
+        assert!(has(&l, "10.1.2.3"));
+        assert!(!has(&l, "11.0.0.1"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod http_security;
 pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
-mod ip_list;
+pub mod ip_list;
 pub mod simple_header;
 
 use std::any::Any;
@@ -277,9 +277,12 @@ pub struct RequestState {
     pub response_headers: Vec<(String, String)>,
     /// The API key the request carried, if any.
     pub api_key: Option<String>,
-    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query;
-    /// empty when the request named no resource.
+    /// The request path below the API (`/{org}/{api}/{version}` removed), without the query,
+    /// as the client sent it; empty when the request named no resource. Set before the chain
+    /// runs: the matching form is computed from it once.
     pub resource: String,
+    /// `resource` in the form policies match (`path::for_matching`), on first use.
+    destination: std::cell::OnceCell<String>,
     /// The raw query string as it goes to the backend (API key removed unless kept).
     pub query: Option<String>,
     /// Who the request is, as authentication policies established it.
@@ -346,9 +349,17 @@ impl Context<'_> {
         self.state.api_key.as_deref()
     }
 
-    /// The request path below the API, without the query (`/` when empty), as Apiman matches
-    /// every `pathPattern` against it.
+    /// The request path below the API, without the query (`/` when empty), in the form every
+    /// `pathPattern` is matched against: path parameters removed, percent-decoded, dot segments
+    /// resolved (see `path::for_matching`), so that no spelling of a path slips past a rule.
     pub fn destination(&self) -> &str {
+        self.state
+            .destination
+            .get_or_init(|| crate::path::for_matching(&self.state.resource))
+    }
+
+    /// The request path below the API as the client sent it (`/` when empty), for messages.
+    pub fn requested_path(&self) -> &str {
         if self.state.resource.is_empty() {
             "/"
         } else {
@@ -628,9 +639,18 @@ pub(crate) mod testing {
         config: Value,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> (Option<Box<dyn Policy>>, Problems) {
+        build_in(kind, config, env, &GatewaySettings::default())
+    }
+
+    /// Compiles with an environment, for a gateway with these settings.
+    pub fn build_in(
+        kind: &PolicyKind,
+        config: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+        settings: &GatewaySettings,
+    ) -> (Option<Box<dyn Policy>>, Problems) {
         let mut problems = Problems::default();
-        let settings = GatewaySettings::default();
-        let mut cx = BuildContext::new("test", &settings, env);
+        let mut cx = BuildContext::new("test", settings, env);
         let policy = Fields::of(&config, "config", &mut problems).and_then(|mut fields| {
             let p = (kind.build)(&mut cx, &mut fields, &mut problems);
             fields.finish(&mut problems);
@@ -713,6 +733,16 @@ pub(crate) mod testing {
         pub fn from(address: &str) -> Fixture {
             let mut f = Fixture::new();
             f.host = MemoryHost::with_downstream(address);
+            f
+        }
+
+        /// A request from `address` to a gateway that trusts the proxies in `networks`.
+        pub fn trusting(address: &str, networks: &[&str], hops: usize) -> Fixture {
+            let mut f = Fixture::from(address);
+            f.settings.trusted_proxies = crate::client_ip::TrustedProxies {
+                networks: networks.iter().filter_map(|n| n.parse().ok()).collect(),
+                hops,
+            };
             f
         }
 

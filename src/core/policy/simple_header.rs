@@ -289,7 +289,8 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
             );
         }
         if !literal {
-            if let Err(message) = Pattern::full(&pattern) {
+            // Checked alone with the flags it runs with, so a bad pattern is named exactly.
+            if let Err(message) = Pattern::any_full_ignore_case(&[&pattern]) {
                 problems.error(&s.field_path("pattern"), message);
                 ok = false;
                 continue;
@@ -307,16 +308,6 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
             }
         }
     }
-    let compile = |(literals, regexes): &(Vec<String>, Vec<String>)| Matcher {
-        literals: literals.clone(),
-        regex: (!regexes.is_empty())
-            .then(|| {
-                // Apiman: all patterns of a side in one case-insensitive, whole-value regex.
-                let patterns: Vec<&str> = regexes.iter().map(String::as_str).collect();
-                Pattern::any_full_ignore_case(&patterns).ok()
-            })
-            .flatten(),
-    };
     let [request, response] = &strip_patterns;
     let response_copies: Vec<String> = add
         .iter()
@@ -330,6 +321,22 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
         add.iter().any(|a| a.side.covers(side))
             || strip.iter().any(|(l, r)| !l.is_empty() || !r.is_empty())
     };
+    let stripped = |side: &str, which: &[(Vec<String>, Vec<String>); 2]| {
+        Ok::<_, String>(Strip {
+            names: matcher(&which[0]).map_err(|e| format!("the {side} header-name {e}"))?,
+            values: matcher(&which[1]).map_err(|e| format!("the {side} header-value {e}"))?,
+        })
+    };
+    let (strip_request, strip_response) =
+        match (stripped("request", request), stripped("response", response)) {
+            (Ok(req), Ok(resp)) => (req, resp),
+            (req, resp) => {
+                for message in [req.err(), resp.err()].into_iter().flatten() {
+                    problems.error(&f.field_path("stripHeaders"), message);
+                }
+                return None;
+            }
+        };
     let mut phases = PhaseSet::NONE;
     if side_used(Side::Request, request) || !response_copies.is_empty() {
         phases = phases.union(PhaseSet::of(&[Phase::RequestHeaders]));
@@ -340,15 +347,29 @@ fn build(cx: &mut BuildContext, f: &mut Fields, problems: &mut Problems) -> Opti
     ok.then(|| SimpleHeader {
         phases,
         add,
-        strip_request: Strip {
-            names: compile(&request[0]),
-            values: compile(&request[1]),
-        },
-        strip_response: Strip {
-            names: compile(&response[0]),
-            values: compile(&response[1]),
-        },
+        strip_request,
+        strip_response,
         response_copies,
+    })
+}
+
+/// A side's strip rules of one kind. Apiman joins all their patterns into one
+/// case-insensitive, whole-value regex; patterns that load one by one can still be too complex
+/// together, and that refuses the configuration too (it must never load without them).
+fn matcher((literals, regexes): &(Vec<String>, Vec<String>)) -> Result<Matcher, String> {
+    let patterns: Vec<&str> = regexes.iter().map(String::as_str).collect();
+    let regex = match patterns.as_slice() {
+        [] => None,
+        _ => Some(Pattern::any_full_ignore_case(&patterns).map_err(|message| {
+            let reason = message
+                .split_once(" is too complex: ")
+                .map_or(message.as_str(), |(_, r)| r);
+            format!("patterns together are too complex: {reason}")
+        })?),
+    };
+    Ok(Matcher {
+        literals: literals.clone(),
+        regex,
     })
 }
 
@@ -602,6 +623,41 @@ mod tests {
             e[0].starts_with(
                 "config.stripHeaders[0].pattern: \"(x\" is not a valid regular expression"
             ),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn strip_patterns_that_load_one_by_one_but_not_together_refuse_the_configuration() {
+        // Each is small; as one regex (Apiman joins a side's patterns) the automaton explodes.
+        let rule = |p: &str| json!({"stripType": "Key", "with": "Regex", "pattern": p, "applyTo": "Request"});
+        let e = errors(
+            &KIND,
+            json!({"stripHeaders": [rule("authorization"), rule("[a-z/]*[a-m][a-z/]{9}"),
+                                    rule("[a-z/]*[n-z][a-z/]{9}")]}),
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "config.stripHeaders: the request header-name patterns together are too complex"
+            ),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn a_strip_pattern_too_complex_to_load_is_refused_not_dropped() {
+        let e = errors(
+            &KIND,
+            json!({"stripHeaders": [
+                {"stripType": "Key", "with": "Regex", "pattern": "authorization"},
+                {"stripType": "Key", "with": "Regex", "pattern": "[a-z]{260000}"}]}),
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("config.stripHeaders[1].pattern: \"[a-z]{260000}\" is too complex"),
             "{}",
             e[0]
         );

@@ -244,6 +244,31 @@ fn ignored_resources_answer_404_with_code_10007() {
 }
 
 #[test]
+fn no_spelling_of_an_ignored_path_reaches_the_backend() {
+    e2e!();
+    for path in [
+        "/t/public/1/hidden;x=1/y",
+        "/t/public/1/hidden%2Fy",
+        "/t/public/1/hidden%5Cy",
+        "/t/public/1/x/..%2Fhidden/y",
+    ] {
+        let r = get(path, &[]);
+        assert_eq!(
+            (r.status, r.header("x-policy-failure-code")),
+            (404, Some("10007")),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn the_backend_receives_the_path_as_the_client_sent_it() {
+    e2e!();
+    let r = get("/t/public/1/a;v=1/b%2Fc", &[]);
+    assert_eq!(seen(&r)["path"], "/base/a;v=1/b%2Fc");
+}
+
+#[test]
 fn header_deny_rule_refuses_and_others_pass() {
     e2e!();
     let r = get("/t/public/1/x", &[("X-Tier", "banned")]);

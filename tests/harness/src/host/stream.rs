@@ -1451,8 +1451,13 @@ pub fn envoy_request_headers(
         h.add("content-length", &body_len.to_string());
     }
     let peer = peer_ip(&input.source);
+    // Envoy's `isLoopbackAddress` is 127.0.0.1 or ::1 exactly (verified on 1.40: a peer
+    // 127.0.0.5 is appended as itself).
+    let loopback = |ip: &IpAddr| {
+        *ip == IpAddr::from([127, 0, 0, 1]) || *ip == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+    };
     let appended = match peer {
-        Some(ip) if !ip.is_loopback() => ip.to_string(),
+        Some(ip) if !loopback(&ip) => ip.to_string(),
         _ => settings.local_address.clone(),
     };
     let existing: Vec<String> = h.get_all("x-forwarded-for").map(str::to_string).collect();
@@ -1605,6 +1610,25 @@ mod tests {
         );
         assert_eq!(h.get("x-forwarded-for"), Some("1.2.3.4,192.0.2.2"));
         assert_eq!(h.get(":method"), Some("GET"));
+    }
+
+    #[test]
+    fn only_127_0_0_1_and_ipv6_loopback_are_replaced_by_envoys_own_address() {
+        // Verified on Envoy 1.40 (use_remote_address): a peer 127.0.0.5 is appended as itself.
+        let settings = HostSettings {
+            local_address: "192.0.2.2".into(),
+            ..HostSettings::default()
+        };
+        for (source, appended) in [
+            ("127.0.0.1:1", "192.0.2.2"),
+            ("[::1]:1", "192.0.2.2"),
+            ("127.0.0.5:1", "127.0.0.5"),
+        ] {
+            let mut input = StreamInput::new("GET", "/");
+            input.source = source.into();
+            let h = envoy_request_headers(&input, &settings, "id");
+            assert_eq!(h.get("x-forwarded-for"), Some(appended), "{source}");
+        }
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! The configuration parser, structure-aware: the input is a list of edits to one of the valid
+//! registries the fixtures carry (replace a value, remove or insert a field, duplicate an array
+//! element, change a type, write a policy's configuration as Apiman's JSON string). The result
+//! is loaded; a registry that loads then answers a few requests. Loading refuses or accepts,
+//! and every request gets an answer: never a panic, never an allocation over the bound.
+#![no_main]
+
+use std::rc::Rc;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+use tollgate_core::exchange::{Exchange, Step};
+use tollgate_core::host::MemoryHost;
+use tollgate_core::http::HeaderMap;
+use tollgate_core::policy::Body;
+use tollgate_fuzz::{Reader, FIELDS, VALUES};
+
+/// The valid registries edits start from: every fixture's, and one using every policy in
+/// Apiman's form with trusted proxies.
+fn bases() -> &'static [Value] {
+    static BASES: OnceLock<Vec<Value>> = OnceLock::new();
+    BASES.get_or_init(|| {
+        let fixtures = [
+            include_str!("../../fixtures/api-key.json"),
+            include_str!("../../fixtures/cors.json"),
+            include_str!("../../fixtures/gateway-errors.json"),
+            include_str!("../../fixtures/header-allow-deny.json"),
+            include_str!("../../fixtures/http-security.json"),
+            include_str!("../../fixtures/ignored-resources.json"),
+            include_str!("../../fixtures/ip-allowlist.json"),
+            include_str!("../../fixtures/ip-blocklist.json"),
+            include_str!("../../fixtures/key-stripping.json"),
+            include_str!("../../fixtures/routing.json"),
+            include_str!("../../fixtures/simple-header.json"),
+        ];
+        let mut bases: Vec<Value> = fixtures
+            .iter()
+            .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+            .filter_map(|fixture| fixture.get("config").cloned())
+            .collect();
+        bases.push(serde_json::from_str(EVERYTHING).expect("the base registry is JSON"));
+        bases
+    })
+}
+
+const EVERYTHING: &str = r#"{"gateway": {"trustedProxies": ["10.0.0.0/8"], "clientAddressHeader": "x-tollgate-client-address"},
+  "apis": [{"organizationId": "o", "apiId": "a", "version": "1", "publicAPI": true, "endpoint": "http://h:1/p/",
+    "apiPolicies": [
+      {"policy": "cors", "config": {"allowOrigin": ["https://*.example.org", "https://a.test"], "allowMethods": ["GET"], "allowHeaders": ["x-a"], "maxAge": 5}},
+      {"policyImpl": "class:io.apiman.gateway.engine.policies.IPBlacklistPolicy", "policyJsonConfig": "{\"ipList\":[\"10.0.0.1-10.0.0.9\",\"2001:db8::/32\"],\"httpHeader\":\"X-Forwarded-For\"}"},
+      {"policyImpl": "class:io.apiman.gateway.engine.policies.IgnoredResourcesPolicy", "policyJsonConfig": "{\"rules\":[{\"verb\":\"*\",\"pathPattern\":\"/x.*\"}]}"},
+      {"policy": "header-allow-deny", "config": {"entries": [{"headerName": "x-t", "allowIfHeaderMissing": true, "allowIfNoRulesMatch": true, "rules": [{"headerValueRegex": "b.*"}]}]}},
+      {"policy": "simple-header", "config": {"addHeaders": [{"headerName": "x-c", "headerValue": "User-Agent", "valueType": "Header", "applyTo": "Both"}],
+         "stripHeaders": [{"stripType": "Value", "with": "Regex", "pattern": ".*secret.*", "applyTo": "Both"}]}},
+      {"policy": "http-security", "config": {"frameOptions": "DENY", "hsts": {"enabled": true, "maxAge": 5}}},
+      {"policy": "api-key", "config": {}}]},
+    {"organizationId": "o", "apiId": "x", "version": "1", "endpoint": "https://h/x", "endpointContentType": "xml",
+     "endpointProperties": {"authorization.type": "basic", "basic-auth.username": "u", "basic-auth.password": "p"}}],
+  "plans": [{"planId": "Gold", "policies": [{"policy": "ip-allowlist", "config": {"ipList": ["127.0.0.0/8"], "responseCode": 403}}]}],
+  "clients": [{"organizationId": "o", "clientId": "c", "version": "1", "apiKey": "k",
+    "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "policies": []},
+                  {"apiOrgId": "o", "apiId": "x", "apiVersion": "1", "plan": "Gold"}]}]}"#;
+
+/// Every node of the tree, as a path of keys and indexes.
+fn paths(v: &Value, here: &mut Vec<Step2>, out: &mut Vec<Vec<Step2>>) {
+    out.push(here.clone());
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                here.push(Step2::Key(k.clone()));
+                paths(child, here, out);
+                here.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                here.push(Step2::Index(i));
+                paths(child, here, out);
+                here.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Clone)]
+enum Step2 {
+    Key(String),
+    Index(usize),
+}
+
+fn at<'v>(v: &'v mut Value, path: &[Step2]) -> Option<&'v mut Value> {
+    path.iter().try_fold(v, |v, step| match step {
+        Step2::Key(k) => v.get_mut(k.as_str()),
+        Step2::Index(i) => v.get_mut(*i),
+    })
+}
+
+fn value(r: &mut Reader) -> Value {
+    match r.below(8) {
+        0 => Value::from(r.below(70_000) as i64 - 2),
+        1 => Value::Bool(r.bool()),
+        2 => Value::Null,
+        3 => Value::Array(vec![Value::from(r.pick(VALUES))]),
+        4 => Value::Object(Map::new()),
+        5 => Value::from(r.text(40)),
+        _ => Value::from(r.pick(VALUES)),
+    }
+}
+
+fn edit(root: &mut Value, r: &mut Reader) {
+    let mut all = Vec::new();
+    paths(root, &mut Vec::new(), &mut all);
+    let path = all[r.below(all.len())].clone();
+    let op = r.below(8);
+    // Some edits act on the parent (removing or duplicating this node).
+    if matches!(op, 1 | 3) && !path.is_empty() {
+        let (last, parent_path) = path.split_last().expect("not empty");
+        let Some(parent) = at(root, parent_path) else {
+            return;
+        };
+        match (op, last, parent) {
+            (1, Step2::Key(k), Value::Object(m)) => {
+                m.remove(k);
+            }
+            (1, Step2::Index(i), Value::Array(a)) => {
+                a.remove(*i);
+            }
+            (3, Step2::Index(i), Value::Array(a)) => {
+                let copy = a[*i].clone();
+                a.push(copy);
+            }
+            (3, Step2::Key(k), Value::Object(m)) => {
+                let copy = m.get(k).cloned().unwrap_or(Value::Null);
+                m.insert(format!("{k}s"), copy);
+            }
+            _ => {}
+        }
+        return;
+    }
+    let Some(node) = at(root, &path) else {
+        return;
+    };
+    match op {
+        // Insert a known field.
+        2 => {
+            if let Value::Object(m) = node {
+                let v = value(r);
+                m.insert(r.pick(FIELDS).to_string(), v);
+            }
+        }
+        // Change a type: a number becomes a string, a string a number, an object an array.
+        4 => {
+            *node = match node.take() {
+                Value::Number(n) => Value::from(n.to_string()),
+                Value::String(s) => s
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::from(s.len())),
+                Value::Object(m) => Value::Array(vec![Value::Object(m)]),
+                Value::Bool(b) => Value::from(b.to_string()),
+                other => other,
+            };
+        }
+        // A policy configuration written as Apiman writes it: a JSON string.
+        5 => {
+            if let Value::Object(m) = node {
+                if let Some(config) = m.remove("config") {
+                    m.insert("policyJsonConfig".into(), Value::from(config.to_string()));
+                }
+            }
+        }
+        // Text spliced into a string.
+        6 => {
+            if let Value::String(s) = node {
+                let at = r.below(s.len() + 1);
+                if s.is_char_boundary(at) {
+                    s.insert_str(at, &r.text(12));
+                }
+            }
+        }
+        _ => *node = value(r),
+    }
+}
+
+fn registry_text(data: &[u8]) -> Vec<u8> {
+    let mut r = Reader::new(data);
+    let bases = bases();
+    let mut root = bases[r.below(bases.len())].clone();
+    let edits = 1 + r.below(6);
+    for _ in 0..edits {
+        if r.is_empty() {
+            break;
+        }
+        edit(&mut root, &mut r);
+    }
+    serde_json::to_vec(&root).unwrap_or_default()
+}
+
+fn env(name: &str) -> Option<String> {
+    (name == "HOME").then(|| "/home/\"gw\"".to_string())
+}
+
+fn requests() -> Vec<(HeaderMap, &'static str)> {
+    let h = |pairs: &[(&str, &str)]| {
+        HeaderMap::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    vec![
+        (
+            h(&[
+                (":method", "GET"),
+                (":path", "/o/a/1/x?apikey=k&b=1"),
+                ("origin", "https://q.example.org"),
+            ]),
+            "10.0.0.5:1",
+        ),
+        (
+            h(&[
+                (":method", "OPTIONS"),
+                (":path", "/o/x/1/y"),
+                ("origin", "https://a.test"),
+                ("access-control-request-method", "GET"),
+            ]),
+            "127.0.0.1:2",
+        ),
+        (
+            h(&[
+                (":method", "POST"),
+                (":path", "/o/x/1/internal;a=1/m"),
+                ("x-api-key", "k"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-t", "b"),
+            ]),
+            "[::ffff:10.0.0.3]:9",
+        ),
+    ]
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = registry_text(data);
+    let Ok(loaded) = tollgate_core::load(&text, &env) else {
+        return;
+    };
+    let registry = Rc::new(loaded.registry);
+    for (headers, peer) in requests() {
+        let mut host = MemoryHost::with_downstream(peer);
+        let mut exchange = Exchange::new(registry.clone());
+        let step = exchange.on_request_headers(headers, &mut host);
+        if let Step::Reply(reply) = &step {
+            assert!(
+                (100..600).contains(&reply.status),
+                "status {}",
+                reply.status
+            );
+            continue;
+        }
+        let _ = exchange.on_request_body(Body::new(b"{}".to_vec()), &mut host);
+        let response = HeaderMap::from_pairs(vec![(":status".into(), "200".into())]);
+        let _ = exchange.on_response_headers(response, &mut host);
+        let _ = exchange.on_response_body(Body::new(b"ok".to_vec()), &mut host);
+        exchange.on_complete(&mut host);
+    }
+});
