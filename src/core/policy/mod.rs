@@ -9,6 +9,7 @@
 //! (summary and fields, from which the README's reference is generated) and its `build`.
 
 pub mod api_key;
+pub mod authorization;
 pub mod cors;
 pub mod docs;
 pub mod ext_authz;
@@ -18,6 +19,7 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 mod ip_list;
+mod role_rules;
 pub mod simple_header;
 
 use std::any::Any;
@@ -497,6 +499,7 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    authorization::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -517,11 +520,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
             "BasicAuthenticationPolicy",
         ],
         name: "BASIC Authentication",
-    },
-    PlannedKind {
-        id: "authorization",
-        apiman_names: &["AuthorizationPolicy", "authorization"],
-        name: "Authorization",
     },
     PlannedKind {
         id: "soap-authorization",
