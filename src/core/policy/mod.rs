@@ -21,6 +21,7 @@ pub mod ip_blocklist;
 mod ip_list;
 mod role_rules;
 pub mod simple_header;
+pub mod soap_authorization;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -500,6 +501,7 @@ pub const KINDS: &[PolicyKind] = &[
     cors::KIND,
     ext_authz::KIND,
     authorization::KIND,
+    soap_authorization::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -520,11 +522,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
             "BasicAuthenticationPolicy",
         ],
         name: "BASIC Authentication",
-    },
-    PlannedKind {
-        id: "soap-authorization",
-        apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
-        name: "SOAP Authorization",
     },
     PlannedKind {
         id: "jwt",
