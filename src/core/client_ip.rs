@@ -50,7 +50,8 @@ pub struct TrustedProxies {
 }
 
 impl TrustedProxies {
-    fn trusts(&self, ip: &IpAddr) -> bool {
+    /// Whether `ip` is one of the configured proxy networks.
+    pub fn trusts(&self, ip: &IpAddr) -> bool {
         self.networks.iter().any(|n| n.contains(ip))
     }
 }

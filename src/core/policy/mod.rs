@@ -10,6 +10,7 @@
 
 pub mod api_key;
 pub mod authorization;
+pub mod basic_auth;
 pub mod cors;
 pub mod docs;
 pub mod ext_authz;
@@ -22,6 +23,7 @@ mod ip_list;
 mod role_rules;
 pub mod simple_header;
 pub mod soap_authorization;
+pub mod transport;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -500,6 +502,7 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    basic_auth::KIND,
     authorization::KIND,
     soap_authorization::KIND,
 ];
@@ -514,15 +517,6 @@ pub struct PlannedKind {
 }
 
 pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
-    PlannedKind {
-        id: "basic-auth",
-        apiman_names: &[
-            "BASICAuthenticationPolicy",
-            "basic-auth",
-            "BasicAuthenticationPolicy",
-        ],
-        name: "BASIC Authentication",
-    },
     PlannedKind {
         id: "jwt",
         apiman_names: &["jwt-policy", "JWTPolicy"],
