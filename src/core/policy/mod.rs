@@ -23,6 +23,7 @@ mod ip_list;
 mod role_rules;
 pub mod simple_header;
 pub mod soap_authorization;
+pub mod time_restricted;
 pub mod transport;
 
 use std::any::Any;
@@ -505,6 +506,7 @@ pub const KINDS: &[PolicyKind] = &[
     basic_auth::KIND,
     authorization::KIND,
     soap_authorization::KIND,
+    time_restricted::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -526,11 +528,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "keycloak-oauth",
         apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
         name: "Keycloak OAuth",
-    },
-    PlannedKind {
-        id: "time-restricted-access",
-        apiman_names: &["TimeRestrictedAccessPolicy", "time-restricted-access"],
-        name: "Time Restricted Access",
     },
     PlannedKind {
         id: "rate-limiting",

@@ -204,6 +204,7 @@ fn entry(v: &Value, at: &str) -> Result<Exchange, Problem> {
         recorded_by_gateway: by_gateway,
         expect,
         skip,
+        timed: false,
     })
 }
 
