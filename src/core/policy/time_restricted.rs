@@ -283,8 +283,8 @@ impl Rule {
     /// The local date and time of day at the UTC instant `now_ms`.
     fn local(&self, now_ms: i64) -> Option<(NaiveDate, u32)> {
         let offset = self.zone.offset_at(now_ms.div_euclid(1000));
-        let local =
-            chrono::DateTime::from_timestamp_millis(now_ms + i64::from(offset) * 1000)?.naive_utc();
+        let local_ms = now_ms.saturating_add(i64::from(offset) * 1000);
+        let local = chrono::DateTime::from_timestamp_millis(local_ms)?.naive_utc();
         let ms = local.num_seconds_from_midnight() * 1000 + local.nanosecond() / 1_000_000;
         Some((local.date(), ms))
     }
@@ -351,7 +351,7 @@ impl Policy for TimeRestricted {
         .with_status(403);
         if let Some(next) = applying.iter().filter_map(|r| r.next_opening(now_ms)).min() {
             // Whole seconds, rounded up: a client retrying then finds it open.
-            let seconds = (next - now_ms + 999) / 1000;
+            let seconds = next.saturating_sub(now_ms).saturating_add(999) / 1000;
             failure
                 .headers
                 .push(("Retry-After".to_string(), seconds.max(1).to_string()));
