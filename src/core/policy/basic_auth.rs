@@ -108,7 +108,7 @@ pub const KIND: PolicyKind = PolicyKind {
             ty: "string",
             default: "",
             apiman: true,
-            meaning: "the password in plain text, or hashed: `{SHA256}`, `{SHA512}`, `{SSHA256}` or `{SSHA512}` followed by base64 (of the digest, then the salt for the salted forms), as LDAP and `slappasswd` write them",
+            meaning: "the password in plain text, or hashed: `{SHA256}`, `{SHA512}`, `{SSHA256}` or `{SSHA512}` followed by base64 (of the digest, then the salt for the salted forms), as OpenLDAP's `pw-sha2` module writes them (`slappasswd -h {SSHA512}`)",
         },
         FieldDoc {
             name: "staticIdentity.identities[].isHash",
