@@ -278,6 +278,8 @@ pub trait Policy {
 pub struct RequestState {
     now: Option<SystemTime>,
     downstream: Option<Option<IpAddr>>,
+    /// Whether the request came over TLS, once a policy asked (see `transport`).
+    transport_secure: Option<bool>,
     /// Headers added to the response that goes back, be it the backend's or a local reply
     /// (CORS and rate-limit headers appear on failures too, as in Apiman).
     pub response_headers: Vec<(String, String)>,

@@ -10,19 +10,24 @@
 //! untrusted peer it is ignored here.
 //!
 //! The header is checked first, since it costs nothing; the property is a host call (~15 µs), made
-//! only for policies that require transport security, and at most once per request.
+//! only for policies that require transport security, and at most once per request (the answer
+//! is kept for the other policies of the chain).
 
 use super::Context;
 use crate::http::HeaderMap;
 
 /// Whether the request arrived over TLS (see the module documentation).
 pub fn is_secure(cx: &mut Context, headers: &HeaderMap) -> bool {
-    if forwarded_https(headers) && peer_is_trusted_proxy(cx) {
-        return true;
+    if let Some(secure) = cx.state.transport_secure {
+        return secure;
     }
-    cx.host
-        .property(&["connection", "tls_version"])
-        .is_some_and(|v| !v.is_empty())
+    let secure = (forwarded_https(headers) && peer_is_trusted_proxy(cx))
+        || cx
+            .host
+            .property(&["connection", "tls_version"])
+            .is_some_and(|v| !v.is_empty());
+    cx.state.transport_secure = Some(secure);
+    secure
 }
 
 /// Every `X-Forwarded-Proto` value (a proxy may append to the list) says `https`.
@@ -84,6 +89,14 @@ mod tests {
     #[test]
     fn a_plain_connection_is_not_secure() {
         let mut f = Fixture::new();
+        assert!(!is_secure(&mut f.cx(), &headers(&[])));
+        assert_eq!(f.host.calls.property, 1);
+    }
+
+    #[test]
+    fn the_answer_is_kept_for_the_rest_of_the_request() {
+        let mut f = Fixture::new();
+        assert!(!is_secure(&mut f.cx(), &headers(&[])));
         assert!(!is_secure(&mut f.cx(), &headers(&[])));
         assert_eq!(f.host.calls.property, 1);
     }
