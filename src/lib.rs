@@ -5,3 +5,4 @@
 //! only the adapter between Envoy's proxy-wasm callbacks and the engine in `tollgate-core`.
 
 pub mod adapter;
+mod stats;

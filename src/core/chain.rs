@@ -101,9 +101,16 @@ fn reborrow<'b>(subject: &'b mut Subject) -> Subject<'b> {
 pub struct Cursor {
     /// The phase and the chain position of a policy waiting for its call-out.
     waiting: Option<(Phase, usize)>,
+    /// The chain position of the policy whose verdict stopped the last phase.
+    stopped_at: Option<usize>,
 }
 
 impl Cursor {
+    /// The chain position of the policy that stopped a phase (a failure or its own answer).
+    pub fn stopped_at(&self) -> Option<usize> {
+        self.stopped_at
+    }
+
     /// The phase a call-out is pending in, if any.
     pub fn waiting(&self) -> Option<Phase> {
         self.waiting.map(|(phase, _)| phase)
@@ -139,13 +146,17 @@ impl Cursor {
             return Verdict::Continue;
         };
         cx.position = position;
+        cx.policy = policy.id();
         match policy.on_call_response(cx, response, reborrow(&mut subject)) {
             Verdict::Continue => {}
             Verdict::CallOut(call) => {
                 self.waiting = Some((phase, position));
                 return Verdict::CallOut(call);
             }
-            other => return other,
+            other => {
+                self.stopped_at = Some(position);
+                return other;
+            }
         }
         // Step `position` back into iteration order and continue after it.
         let n = chain.policies.len();
@@ -175,13 +186,17 @@ impl Cursor {
                 continue;
             }
             cx.position = position;
+            cx.policy = policy.id();
             match call(policy.as_ref(), phase, cx, &mut subject) {
                 Verdict::Continue => {}
                 Verdict::CallOut(call) => {
                     self.waiting = Some((phase, position));
                     return Verdict::CallOut(call);
                 }
-                stop => return stop,
+                stop => {
+                    self.stopped_at = Some(position);
+                    return stop;
+                }
             }
         }
         Verdict::Continue

@@ -101,6 +101,17 @@ impl GatewayError {
         }
     }
 
+    /// A short stable name for metrics and decision logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::ApiNotFound => "api_not_found",
+            GatewayError::ApiNotPublic => "api_not_public",
+            GatewayError::NoClientForKey(_) => "no_client",
+            GatewayError::NoContract { .. } => "no_contract",
+            GatewayError::CallOutFailed { .. } => "call_out_failed",
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             GatewayError::ApiNotFound => "API not found.".to_string(),

@@ -95,6 +95,93 @@ pub fn upstream_path(endpoint_path: &str, resource: &str) -> String {
     }
 }
 
+/// How the gateway decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Passed every policy on the request (the backend was called, or Envoy answered for it).
+    Allowed,
+    /// A policy refused it with this failure code.
+    Refused { policy: &'static str, code: u32 },
+    /// A policy answered it itself (a CORS preflight, a cache hit).
+    Answered { policy: &'static str },
+    /// The gateway refused it before or outside the policies (unknown API, key, contract...).
+    Error { kind: &'static str },
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Answered { .. } => "answered",
+            Outcome::Error { .. } => "error",
+        }
+    }
+
+    /// The failure code or error kind (empty when allowed).
+    pub fn code(self) -> String {
+        match self {
+            Outcome::Refused { code, .. } => code.to_string(),
+            Outcome::Error { kind } => kind.to_string(),
+            Outcome::Allowed | Outcome::Answered { .. } => String::new(),
+        }
+    }
+}
+
+/// What the gateway decided about one request, for metrics and decision logs. Never holds a
+/// key or token: the key is masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// `org`, `api`, `version` of the API the request named, if it named a known one.
+    pub api: Option<(&'a str, &'a str, &'a str)>,
+    pub client: Option<&'a str>,
+    pub plan: Option<&'a str>,
+    pub outcome: Outcome,
+    /// The status of the response the client got, if known yet.
+    pub status: Option<u16>,
+    /// The API key the request carried, masked.
+    pub key: Option<String>,
+    /// Events policies counted: (policy, event).
+    pub events: &'a [(&'static str, &'static str)],
+}
+
+impl Decision<'_> {
+    /// One JSON object for an access log.
+    pub fn to_json(&self) -> String {
+        let mut o = serde_json::Map::new();
+        if let Some((org, api, version)) = self.api {
+            o.insert("api".into(), format!("{org}/{api}/{version}").into());
+        }
+        if let Some(c) = self.client {
+            o.insert("client".into(), c.into());
+        }
+        if let Some(p) = self.plan {
+            o.insert("plan".into(), p.into());
+        }
+        o.insert("outcome".into(), self.outcome.label().into());
+        match self.outcome {
+            Outcome::Refused { policy, code } => {
+                o.insert("policy".into(), policy.into());
+                o.insert("code".into(), code.into());
+            }
+            Outcome::Answered { policy } => {
+                o.insert("policy".into(), policy.into());
+            }
+            Outcome::Error { kind } => {
+                o.insert("error".into(), kind.into());
+            }
+            Outcome::Allowed => {}
+        }
+        if let Some(status) = self.status {
+            o.insert("status".into(), status.into());
+        }
+        if let Some(k) = &self.key {
+            o.insert("key".into(), k.clone().into());
+        }
+        serde_json::Value::Object(o).to_string()
+    }
+}
+
 /// The policy context for one exchange: the one place it is built.
 fn context<'a>(
     registry: &'a Registry,
@@ -115,6 +202,7 @@ fn context<'a>(
         state,
         host,
         position: 0,
+        policy: "",
     })
 }
 
@@ -148,6 +236,8 @@ pub struct Exchange {
     /// The request path with the API key removed: what a local reply leaves in `:path`, so an
     /// access log never records the key.
     key_free_path: Option<String>,
+    /// How the request was decided (for metrics and decision logs).
+    outcome: Outcome,
     /// Set once the gateway has answered itself: the response phases are then skipped.
     replied: bool,
 }
@@ -168,8 +258,46 @@ impl Exchange {
             pending: None,
             preflight: false,
             key_free_path: None,
+            outcome: Outcome::Allowed,
             replied: false,
         }
+    }
+
+    /// What was decided about the request so far.
+    pub fn decision(&self) -> Decision<'_> {
+        let api = self.api.and_then(|i| self.registry.api_at(i)).map(|a| {
+            (
+                a.api.organization_id.as_str(),
+                a.api.api_id.as_str(),
+                a.api.version.as_str(),
+            )
+        });
+        let client = self.client.and_then(|i| self.registry.client_at(i));
+        Decision {
+            api,
+            client: client.map(|c| c.identity.client_id.as_str()),
+            plan: match (client, self.api) {
+                (Some(c), Some(api)) => c.contract(api).and_then(|c| c.plan.as_deref()),
+                _ => None,
+            },
+            outcome: self.outcome,
+            status: self.state.status,
+            key: self.state.api_key.as_deref().map(errors::mask_key),
+            events: &self.state.counts,
+        }
+    }
+
+    /// The id of the policy that stopped the last phase.
+    fn stopping_policy(&self) -> &'static str {
+        self.cursor
+            .stopped_at()
+            .and_then(|i| self.chain.policies().get(i))
+            .map_or("", |p| p.id())
+    }
+
+    /// The gateway's settings.
+    pub fn settings(&self) -> &crate::model::GatewaySettings {
+        &self.registry.settings
     }
 
     /// The request as policies left it.
@@ -214,6 +342,7 @@ impl Exchange {
     }
 
     fn gateway_error(&mut self, error: GatewayError) -> Step {
+        self.outcome = Outcome::Error { kind: error.kind() };
         let xml = self.xml();
         self.reply(error.reply(xml))
     }
@@ -464,11 +593,20 @@ impl Exchange {
             }
             Verdict::CallOut(call) => Step::CallOut(call),
             Verdict::Fail(failure) => {
+                self.outcome = Outcome::Refused {
+                    policy: self.stopping_policy(),
+                    code: failure.code,
+                };
                 let xml = self.xml();
                 self.reply(errors::policy_failure_reply(&failure, xml))
             }
             Verdict::Error(error) => self.gateway_error(error),
-            Verdict::Reply(reply) => self.reply(reply),
+            Verdict::Reply(reply) => {
+                self.outcome = Outcome::Answered {
+                    policy: self.stopping_policy(),
+                };
+                self.reply(reply)
+            }
         }
     }
 
@@ -1085,5 +1223,49 @@ mod tests {
         );
         run(c, &mut req, "1.2.3.4:1");
         assert_eq!(req.headers.get("authorization"), Some("Basic dTpw"));
+    }
+
+    #[test]
+    fn a_refusal_is_decided_by_the_policy_and_code_that_refused() {
+        let mut req = request(
+            "GET",
+            "/Org/private/2.0/x",
+            &[("x-api-key", "key-12345678")],
+        );
+        let (ex, _) = run(config(), &mut req, "192.0.2.66:1");
+        let d = ex.decision();
+        assert_eq!(
+            d.outcome,
+            Outcome::Refused {
+                policy: "ip-blocklist",
+                code: 10002
+            }
+        );
+        assert_eq!((d.client, d.plan), (Some("app"), Some("Gold")));
+        assert_eq!(d.api, Some(("Org", "private", "2.0")));
+    }
+
+    #[test]
+    fn a_decision_never_holds_the_key_in_clear() {
+        let mut req = request("GET", "/Org/private/2.0/x?apikey=key-12345678", &[]);
+        let (ex, _) = run(config(), &mut req, "1.2.3.4:1");
+        let json = ex.decision().to_json();
+        assert!(json.contains("\"key\":\"key****\""), "{json}");
+        assert!(!json.contains("key-12345678"), "{json}");
+    }
+
+    #[test]
+    fn gateway_errors_are_decided_by_their_kind() {
+        let (ex, _) = run(
+            config(),
+            &mut request("GET", "/Org/private/2.0/x", &[]),
+            "1.2.3.4:1",
+        );
+        assert_eq!(
+            ex.decision().outcome,
+            Outcome::Error {
+                kind: "api_not_public"
+            }
+        );
     }
 }

@@ -114,6 +114,29 @@ pub struct GatewaySettings {
     /// address (see envoy/gateway.yaml). Reading it from the headers tollgate fetches anyway
     /// saves a property lookup per request. Unset: the `source.address` property is used.
     pub client_address_header: Option<String>,
+    /// What the filter counts in Envoy's stats.
+    pub metrics: MetricsSettings,
+    /// Publish each request's decision for Envoy's access log (one host call per request).
+    pub decision_log: bool,
+}
+
+/// Metric labels and their bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Label requests with the client (else every client counts as `_all`).
+    pub per_client: bool,
+    /// The most distinct label combinations one worker keeps; beyond it, client and plan are
+    /// folded into `_other`.
+    pub max_series: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            per_client: true,
+            max_series: 2_000,
+        }
+    }
 }
 
 impl Default for GatewaySettings {
@@ -124,6 +147,8 @@ impl Default for GatewaySettings {
             cluster_header: "x-tollgate-cluster".to_string(),
             trusted_proxies: TrustedProxies::default(),
             client_address_header: None,
+            metrics: MetricsSettings::default(),
+            decision_log: false,
         }
     }
 }

@@ -94,6 +94,123 @@ pub struct Render<'a> {
     pub sds_dir: &'a str,
     /// Cluster YAML appended as is (the test harness adds its own plain clusters).
     pub extra_clusters: &'a str,
+    /// How the registry and the clusters reach Envoy.
+    pub delivery: Delivery<'a>,
+    /// Log every request with tollgate's decision to stdout (the registry's
+    /// `gateway.decisionLog`).
+    pub decision_log: bool,
+}
+
+/// Turns the filter's stat names (`tollgate.requests.api.<api>.client.<client>...`, which
+/// Envoy keeps under `wasmcustom.`) into tags, so Prometheus sees
+/// `tollgate_requests_total{api, client, plan, outcome, code}`. Envoy matches each regex
+/// against the whole name: the first group is cut out, the second is the tag's value.
+pub const STATS_TAGS: &str = r#"stats_config:
+  stats_tags:
+  - {tag_name: api, regex: '^wasmcustom\.tollgate\.(?:requests|events)\.(api\.([^.]*)\.)'}
+  - {tag_name: client, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.(client\.([^.]*)\.)'}
+  - {tag_name: plan, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.(plan\.([^.]*)\.)'}
+  - {tag_name: outcome, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.plan\.[^.]*\.(outcome\.([^.]*)\.)'}
+  - {tag_name: code, regex: '^wasmcustom\.tollgate\.requests\.api\.[^.]*\.client\.[^.]*\.plan\.[^.]*\.outcome\.[^.]*\.(code\.([^.]*)\.)'}
+  - {tag_name: policy, regex: '^wasmcustom\.tollgate\.events\.api\.[^.]*\.(policy\.([^.]*)\.)'}
+  - {tag_name: event, regex: '^wasmcustom\.tollgate\.events\.api\.[^.]*\.policy\.[^.]*\.(event\.([^.]*)\.)'}
+  - {tag_name: cluster, regex: '^wasmcustom\.tollgate\.callouts\.(cluster\.([^.]*)\.)'}
+  - {tag_name: result, regex: '^wasmcustom\.tollgate\.callouts\.cluster\.[^.]*\.(result\.([^.]*)\.)'}
+"#;
+
+/// The access log entry with tollgate's decision: one JSON object per request on stdout. The
+/// decision (API, client, plan, outcome, failure code and policy, the key masked) is what the
+/// filter publishes as filter state `wasm.tollgate_decision`; keys and tokens never appear.
+pub const DECISION_LOG: &str = r#"          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "{\"time\":\"%START_TIME%\",\"method\":\"%REQ(:METHOD)%\",\"path\":\"%REQ(:PATH)%\",\"status\":%RESPONSE_CODE%,\"duration_ms\":%DURATION%,\"flags\":\"%RESPONSE_FLAGS%\",\"upstream\":\"%UPSTREAM_CLUSTER%\",\"tollgate\":%FILTER_STATE(wasm.tollgate_decision:PLAIN)%}\n"
+"#;
+
+/// How the filter's configuration (the registry) and the clusters reach Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// Inside the bootstrap: a change means a restart (the hand-written demo, the tests).
+    Inline,
+    /// In files of their own in `dir`, which Envoy watches: `registry.yaml` (the wasm filter's
+    /// configuration, by ECDS) and `clusters.yaml` (CDS). Replacing either (write, then rename
+    /// into place) takes effect without a restart; a registry the filter refuses is rejected
+    /// and the running one keeps serving.
+    Files { dir: &'a str },
+}
+
+/// The file in a `Delivery::Files` directory holding the registry (ECDS).
+pub const REGISTRY_FILE: &str = "registry.yaml";
+/// The file in a `Delivery::Files` directory holding the clusters (CDS).
+pub const CLUSTERS_FILE: &str = "clusters.yaml";
+
+/// The wasm filter's configuration (`envoy.extensions.filters.http.wasm.v3.Wasm`'s `config`),
+/// every line indented by `indent` spaces.
+fn wasm_config(r: &Render, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let registry: String = r
+        .plugin_json
+        .lines()
+        .map(|l| format!("{pad}    {l}\n"))
+        .collect();
+    format!(
+        r#"{pad}name: tollgate
+{pad}root_id: tollgate
+{pad}failure_policy: FAIL_RELOAD
+{pad}allow_on_headers_stop_iteration: true
+{pad}vm_config:
+{pad}  vm_id: tollgate
+{pad}  runtime: envoy.wasm.runtime.v8
+{pad}  code: {{local: {{filename: {wasm}}}}}
+{pad}configuration:
+{pad}  "@type": type.googleapis.com/google.protobuf.StringValue
+{pad}  # The registry from the definition; apis[].cluster names the clusters.
+{pad}  value: |
+{registry}"#,
+        wasm = q(r.wasm),
+    )
+}
+
+/// The registry file of `Delivery::Files` (an ECDS resource for the wasm filter).
+pub fn registry_yaml(r: &Render) -> String {
+    let mut out = header(r.source);
+    out.push_str("# The registry, delivered to the tollgate filter by ECDS: replace this file (write a new\n# one beside it, then rename it over this one) and Envoy applies it without a restart. A\n# registry the filter refuses is rejected (stat extension_config_discovery.http_filter.\n# tollgate.update_rejected, and the reasons in Envoy's log); the running one keeps serving.\n");
+    out.push_str("resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: tollgate\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n");
+    out.push_str(&wasm_config(r, 6));
+    out
+}
+
+/// The clusters file of `Delivery::Files` (CDS resources).
+pub fn clusters_yaml(r: &Render) -> String {
+    let mut out = header(r.source);
+    out.push_str("# The clusters, delivered by CDS: replaced like the registry, and written before it, so\n# a registry never names a cluster Envoy does not have yet.\n");
+    if r.clusters.is_empty() {
+        out.push_str("resources: []\n");
+        return out;
+    }
+    out.push_str("resources:\n");
+    for c in r.clusters {
+        let mut one = String::new();
+        cluster_yaml(&mut one, c, r);
+        for line in one.lines() {
+            let line = line.strip_prefix("  ").unwrap_or(line);
+            match line.strip_prefix("- name: ") {
+                Some(name) => {
+                    out.push_str(
+                        "- \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n",
+                    );
+                    out.push_str(&format!("  name: {name}\n"));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
 }
 
 fn header(source: &str) -> String {
@@ -190,11 +307,35 @@ pub fn bootstrap_yaml(r: &Render) -> String {
         ),
         None => (r.cluster_header.to_string(), String::new()),
     };
-    let indented: String = r
-        .plugin_json
-        .lines()
-        .map(|l| format!("                    {l}\n"))
-        .collect();
+    let (wasm_filter, dynamic) = match r.delivery {
+        Delivery::Inline => (
+            format!(
+                "          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n{}",
+                wasm_config(r, 16)
+            ),
+            String::new(),
+        ),
+        Delivery::Files { dir } => {
+            let source = |file: &str| {
+                let path = std::path::Path::new(dir).join(file).display().to_string();
+                format!(
+                    "{{path_config_source: {{path: {}, watched_directory: {{path: {}}}}}, resource_api_version: V3}}",
+                    q(&path),
+                    q(dir)
+                )
+            };
+            (
+                format!(
+                    "          # The registry comes from {dir}/{REGISTRY_FILE} (ECDS): replace that file to change it.\n          - name: tollgate\n            config_discovery:\n              config_source: {}\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n",
+                    source(REGISTRY_FILE)
+                ),
+                format!(
+                    "dynamic_resources:\n  # The clusters come from {dir}/{CLUSTERS_FILE} (CDS).\n  cds_config: {}\n",
+                    source(CLUSTERS_FILE)
+                ),
+            )
+        }
+    };
     let _ = write!(
         out,
         r#"#
@@ -204,7 +345,7 @@ pub fn bootstrap_yaml(r: &Render) -> String {
 # certificates and trusted CAs come through file SDS (sds/), so they rotate without a restart.
 # Upstream connection failures are logged to stderr with Envoy's reason (look for
 # "tollgate upstream failure"), and counted in cluster.<name>.ssl.* and upstream_cx_connect_fail.
-node: {{id: {nid}, cluster: {ncl}}}
+{stats_tags}node: {{id: {nid}, cluster: {ncl}}}
 admin:
   address: {{socket_address: {{address: {aa}, port_value: {ap}}}}}
 static_resources:
@@ -221,7 +362,7 @@ static_resources:
           normalize_path: true
           merge_slashes: true
           access_log:
-          - name: envoy.access_loggers.stderr
+{decision_log}          - name: envoy.access_loggers.stderr
             filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF, UT, NC]}}}}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
@@ -268,27 +409,14 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.tap.v3.Tap
               common_config:
                 admin_config: {{config_id: tollgate}}
-{address_filter}          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: tollgate
-                root_id: tollgate
-                failure_policy: FAIL_RELOAD
-                allow_on_headers_stop_iteration: true
-                vm_config:
-                  vm_id: tollgate
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  # The registry from the definition; apis[].cluster names the clusters below.
-                  value: |
-{indented}          - name: envoy.filters.http.router
+{address_filter}{wasm_filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 "#,
+        wasm_filter = wasm_filter,
+        decision_log = if r.decision_log { DECISION_LOG } else { "" },
+        stats_tags = STATS_TAGS,
         la = r.listener.0,
         lp = r.listener.1,
         aa = r.admin.0,
@@ -297,15 +425,19 @@ static_resources:
         ncl = q(r.node.1),
         ch = r.cluster_header,
         rt = envoy_duration(r.route_timeout_ms),
-        wasm = q(r.wasm),
     );
-    if r.clusters.is_empty() && r.extra_clusters.is_empty() {
+    let static_clusters = match r.delivery {
+        Delivery::Inline => r.clusters,
+        Delivery::Files { .. } => &[],
+    };
+    if static_clusters.is_empty() && r.extra_clusters.is_empty() {
         out.push_str("  []\n");
     }
-    for c in r.clusters {
+    for c in static_clusters {
         cluster_yaml(&mut out, c, r);
     }
     out.push_str(r.extra_clusters);
+    out.push_str(&dynamic);
     out
 }
 

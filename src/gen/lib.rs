@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use definition::{Definition, Password};
-use envoy::{ClusterPlan, KeySecret, Render, Tls, TrustSecret};
+use envoy::{ClusterPlan, Delivery, KeySecret, Render, Tls, TrustSecret};
 use resolve::Planned;
 use stores::{Findings, KeyMaterial, TrustMaterial};
 
@@ -119,6 +119,8 @@ pub fn generate(
     let cluster_header = header("clusterHeader").unwrap_or_else(|| "x-tollgate-cluster".into());
     let client_address_header = header("clientAddressHeader");
     let sds_dir_text = sds_dir.display().to_string();
+    let dynamic_dir = options.out_dir.join("dynamic");
+    let dynamic_dir_text = dynamic_dir.display().to_string();
     let render = Render {
         source,
         node: (&def.node.id, &def.node.cluster),
@@ -134,21 +136,41 @@ pub fn generate(
         trusts: &plan.trusts,
         sds_dir: &sds_dir_text,
         extra_clusters: "",
+        delivery: Delivery::Files {
+            dir: &dynamic_dir_text,
+        },
+        decision_log: gateway
+            .and_then(|g| g.get("decisionLog"))
+            .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true")),
     };
-    let mut files: Vec<(PathBuf, String)> = vec![(
-        options.out_dir.join("envoy.yaml"),
-        envoy::bootstrap_yaml(&render),
-    )];
+    // In the order Envoy needs them when re-run against a running gateway: the secrets the
+    // clusters use, the clusters the registry names, the registry; the bootstrap (unchanged by
+    // a registry change, so not rewritten) last.
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     for s in &plan.keys {
         files.push((PathBuf::from(&s.file), envoy::key_secret_yaml(source, s)));
     }
     for s in &plan.trusts {
         files.push((PathBuf::from(&s.file), envoy::trust_secret_yaml(source, s)));
     }
+    files.push((
+        dynamic_dir.join(envoy::CLUSTERS_FILE),
+        envoy::clusters_yaml(&render),
+    ));
+    files.push((
+        dynamic_dir.join(envoy::REGISTRY_FILE),
+        envoy::registry_yaml(&render),
+    ));
+    files.push((
+        options.out_dir.join("envoy.yaml"),
+        envoy::bootstrap_yaml(&render),
+    ));
     if write {
         // Envoy refuses to start when a watched directory is missing, even with no secret in it.
-        std::fs::create_dir_all(&sds_dir)
-            .map_err(|e| vec![format!("creating {}: {e}", sds_dir.display())])?;
+        for dir in [&sds_dir, &dynamic_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| vec![format!("creating {}: {e}", dir.display())])?;
+        }
         for (path, content) in &files {
             match tools::write_atomic(path, content.as_bytes(), false) {
                 Ok(true) => findings.written.push(path.display().to_string()),

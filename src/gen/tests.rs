@@ -646,8 +646,8 @@ fn verify_false_is_noted_as_a_warning_in_the_generated_cluster() {
         check_only: false,
     };
     generate(&def, "test.yaml", &options).unwrap();
-    let yaml = std::fs::read_to_string(out.join("envoy.yaml")).unwrap();
-    let cluster = &yaml[yaml.find("- name: x-test_443_mtls_noverify_gw").unwrap() - 200..];
+    let yaml = std::fs::read_to_string(out.join("dynamic/clusters.yaml")).unwrap();
+    let cluster = &yaml[yaml.find("  name: x-test_443_mtls_noverify_gw").unwrap() - 250..];
     assert!(
         cluster.contains("# WARNING: server certificate verification is OFF"),
         "{cluster}"
@@ -679,6 +679,8 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         trusts: &[],
         sds_dir: "sds",
         extra_clusters: "",
+        delivery: envoy::Delivery::Inline,
+        decision_log: true,
     });
     let lines = |text: &str| -> Vec<String> {
         text.lines()
@@ -710,7 +712,11 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         );
     }
     for line in lines(&generated).iter().filter(|l| {
-        l.contains("x-gateway-error") || l.contains("json_format") || l.contains("flags: [")
+        l.contains("x-gateway-error")
+            || l.contains("json_format")
+            || l.contains("flags: [")
+            || l.contains("tag_name")
+            || l.contains("tollgate_decision")
     }) {
         assert!(bundled.contains(line), "envoy/gateway.yaml lacks: {line}");
     }

@@ -168,6 +168,21 @@ fn parse_settings(g: &mut Fields, problems: &mut Problems) -> GatewaySettings {
         s.cluster_header = h;
     }
     s.client_address_header = header_name(g, &["clientAddressHeader"], problems);
+    if let Some(mut m) = g.object(&["metrics"], problems) {
+        if let Some(per_client) = m.bool(&["perClient"], problems) {
+            s.metrics.per_client = per_client;
+        }
+        if let Some(max) = m.integer(&["maxSeries"], problems) {
+            match usize::try_from(max) {
+                Ok(n) if (10..=1_000_000).contains(&n) => s.metrics.max_series = n,
+                _ => problems.error(&m.field_path("maxSeries"), "must be 10 to 1000000"),
+            }
+        }
+        m.finish(problems);
+    }
+    if let Some(on) = g.bool(&["decisionLog"], problems) {
+        s.decision_log = on;
+    }
     for (path, text) in g.strings(&["trustedProxies"], problems) {
         match parse_network(&text) {
             Some(net) => s.trusted_proxies.networks.push(net),

@@ -294,6 +294,8 @@ pub struct RequestState {
     pub identity: Identity,
     /// The response status, once there is one (the backend's or the gateway's).
     pub status: Option<u16>,
+    /// Events policies counted for metrics: (policy id, event), e.g. (`jwt`, `jwks_fetch`).
+    pub counts: Vec<(&'static str, &'static str)>,
     /// One private slot per chain position (see `Context::slot`).
     pub slots: Vec<Option<Box<dyn Any>>>,
 }
@@ -318,6 +320,8 @@ pub struct Context<'a> {
     pub host: &'a mut dyn Host,
     /// The position of the running policy in the chain: its slot.
     pub position: usize,
+    /// The running policy's id.
+    pub policy: &'static str,
 }
 
 impl Context<'_> {
@@ -366,6 +370,12 @@ impl Context<'_> {
 
     pub fn identity_mut(&mut self) -> &mut Identity {
         &mut self.state.identity
+    }
+
+    /// Counts an event for metrics (`tollgate_policy_events{policy, event, api}`): a name from a
+    /// small fixed set per policy, never request data.
+    pub fn count(&mut self, event: &'static str) {
+        self.state.counts.push((self.policy, event));
     }
 
     /// Adds a header to whatever response goes back, backend's or gateway's.
@@ -703,6 +713,7 @@ pub(crate) mod testing {
                 state: &mut self.state,
                 host: &mut self.host,
                 position: 0,
+                policy: "",
             }
         }
 

@@ -20,7 +20,10 @@ options:
                      it (e.g. envoy/gateway.yaml); replaces a fixture's own configuration
   --format FORMAT    table (default), json or junit
   --against URL      send the exchanges to a live gateway (e.g. http://127.0.0.1:10000)
-                     instead of replaying them natively
+                     instead of replaying them natively; warns when the gateway does not run
+                     the configuration the exchanges were written for
+  --admin URL        with --against: the gateway's Envoy admin (e.g. http://127.0.0.1:9901),
+                     to compare its configuration with the fixture's (or --config's)
   --dry-run          compare the configuration's decisions with the recorded statuses and
                      report what would change (newly blocked, newly allowed)
   --workers N        worker VMs sharing one shared-data store (default: the fixture's, or 1)
@@ -46,6 +49,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub format: OutputFormat,
     pub against: Option<String>,
+    pub admin: Option<String>,
     pub dry_run: bool,
     pub workers: Option<usize>,
     pub repeat: usize,
@@ -68,6 +72,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         config: None,
         format: OutputFormat::Table,
         against: None,
+        admin: None,
         dry_run: false,
         workers: None,
         repeat: 1,
@@ -102,6 +107,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                 }
             }
             "--against" => a.against = Some(value("--against")?),
+            "--admin" => a.admin = Some(value("--admin")?),
             "--dry-run" => a.dry_run = true,
             "--workers" => a.workers = Some(number("--workers", Some(value("--workers")?), 64)?),
             "--repeat" => a.repeat = number("--repeat", Some(value("--repeat")?), 100_000_000)?,
@@ -116,6 +122,9 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
     }
     if a.dry_run && a.against.is_some() {
         return Err("--dry-run replays natively; it cannot be combined with --against".into());
+    }
+    if a.admin.is_some() && a.against.is_none() {
+        return Err("--admin names the admin of the gateway given with --against".into());
     }
     Ok(a)
 }
@@ -166,6 +175,7 @@ pub fn main_with(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
         repeat: args.repeat,
         dry_run: args.dry_run,
         verbose: args.verbose,
+        admin: args.admin.clone(),
         ..run::Options::default()
     };
     let mut runs = Vec::new();
@@ -194,6 +204,14 @@ pub fn main_with(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
         }
     );
     let show_throughput = args.repeat > 1 || args.quiet;
+    if args.quiet || args.format != OutputFormat::Table {
+        // The table is not there to carry them.
+        for r in &runs {
+            for w in &r.warnings {
+                let _ = writeln!(err, "tollgate-replay: {}: warning: {w}", r.file);
+            }
+        }
+    }
     match args.format {
         OutputFormat::Table => {
             let _ = write!(out, "{}", report::table(&runs, args.dry_run, args.quiet));
@@ -208,7 +226,7 @@ pub fn main_with(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i
                 report::junit(&runs)
             };
             let _ = write!(out, "{text}");
-            let _ = writeln!(err, "{}", totals.line());
+            let _ = writeln!(err, "{}", report::summary_line(&runs, args.dry_run));
             if show_throughput {
                 let _ = writeln!(err, "{throughput}");
             }
@@ -255,5 +273,14 @@ mod tests {
             .contains("--workers"));
         assert!(args(&["--bogus", "f"]).unwrap_err().contains("--bogus"));
         assert!(args(&["--dry-run", "--against", "http://x", "f"]).is_err());
+    }
+
+    #[test]
+    fn admin_goes_with_against() {
+        assert!(args(&["--admin", "http://127.0.0.1:9901", "f"])
+            .unwrap_err()
+            .contains("--against"));
+        let a = args(&["--against", "http://gw", "--admin=http://gw:9901", "f"]).unwrap();
+        assert_eq!(a.admin.as_deref(), Some("http://gw:9901"));
     }
 }

@@ -11,9 +11,74 @@ pub struct HttpResponse {
     /// Header names lower-cased, in order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The request this answers, `METHOD target` (set by [`send`]; empty otherwise).
+    pub request: String,
 }
 
+/// Fails a test when a response's status is not the expected one, naming the request, the
+/// expectation, what came back and why the gateway said it did (see
+/// [`HttpResponse::status_mismatch`]). An optional context follows, as in `format!`:
+/// `expect_status!(r, 404, "with the unknown key {key}")`.
+#[macro_export]
+macro_rules! expect_status {
+    ($response:expr, $status:expr) => {
+        if let Some(problem) = $response.status_mismatch($status, "") {
+            panic!("{problem}");
+        }
+    };
+    ($response:expr, $status:expr, $($context:tt)+) => {
+        if let Some(problem) = $response.status_mismatch($status, &format!($($context)+)) {
+            panic!("{problem}");
+        }
+    };
+}
+
+/// The headers that say why the gateway answered as it did.
+const REASON_HEADERS: &[&str] = &[
+    "x-gateway-error",
+    "x-policy-failure-type",
+    "x-policy-failure-code",
+    "x-policy-failure-message",
+];
+
 impl HttpResponse {
+    /// `None` when the status is `expected`; otherwise a message for a failing test:
+    /// `GET /t/x (context): expected status 200, got 403`, then the gateway's reason headers
+    /// and the start of the body.
+    pub fn status_mismatch(&self, expected: u16, context: &str) -> Option<String> {
+        if self.status == expected {
+            return None;
+        }
+        let request = if self.request.is_empty() {
+            "the request"
+        } else {
+            self.request.as_str()
+        };
+        let mut message = if context.is_empty() {
+            format!("{request}: expected status {expected}, got {}", self.status)
+        } else {
+            format!(
+                "{request} ({context}): expected status {expected}, got {}",
+                self.status
+            )
+        };
+        for name in REASON_HEADERS {
+            for value in self.header_all(name) {
+                message.push_str(&format!("\n  {name}: {value}"));
+            }
+        }
+        if !self.body.is_empty() {
+            let text: String = self
+                .text()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(300)
+                .collect();
+            message.push_str(&format!("\n  body ({} bytes): {text}", self.body.len()));
+        }
+        Some(message)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -75,12 +140,67 @@ pub fn send(
     request.extend_from_slice(body);
     let written = stream.write_all(&request);
     let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
+    let read = read_response(&mut stream, &mut raw, method == "HEAD");
     if raw.is_empty() {
         written.map_err(|e| format!("send to {addr}: {e}"))?;
         read.map_err(|e| format!("read from {addr}: {e}"))?;
     }
-    parse_response(&raw, method == "HEAD")
+    let mut response = parse_response(&raw, method == "HEAD")?;
+    response.request = format!("{method} {path}");
+    Ok(response)
+}
+
+/// Reads until the response is complete by its own framing (content-length, chunked), or the
+/// connection closes. Not waiting for the close matters: Envoy holds a connection it answered
+/// itself open for its delayed-close timeout (1 s) after the response.
+fn read_response(
+    stream: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if is_complete(raw, head_only) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `raw` holds a whole response. Without a length or chunked framing, only the
+/// connection's end says so.
+fn is_complete(raw: &[u8], head_only: bool) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        return status >= 200;
+    }
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let body = &raw[split + 4..];
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"\r\n\r\n") && dechunk(body).is_ok();
+    }
+    match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => body.len() >= len,
+        None => false,
+    }
 }
 
 /// Parses a complete HTTP/1.1 response (connection closed after it).
@@ -116,6 +236,7 @@ pub fn parse_response(raw: &[u8], head_only: bool) -> Result<HttpResponse, Strin
         status,
         headers,
         body,
+        request: String::new(),
     })
 }
 
@@ -160,6 +281,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.text(), "abcde");
+    }
+
+    #[test]
+    fn a_response_is_complete_by_its_framing_not_by_the_connection_closing() {
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab",
+            false
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd",
+            false
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
+            true
+        ));
+        assert!(is_complete(b"HTTP/1.1 204 No Content\r\n\r\n", false));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert!(!is_complete(&chunked[..chunked.len() - 5], false));
+        assert!(is_complete(chunked, false));
+        // Neither a length nor chunks: only the end of the connection ends it.
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\nabc", false));
+    }
+
+    #[test]
+    fn a_status_mismatch_names_the_request_the_expectation_and_the_gateways_reason() {
+        let mut r = parse_response(
+            b"HTTP/1.1 403 Forbidden\r\nX-Gateway-Error: API not public.\r\n\r\n{\"responseCode\":403}",
+            false,
+        )
+        .unwrap();
+        r.request = "GET /t/private/1/x".into();
+        assert_eq!(r.status_mismatch(403, ""), None);
+        assert_eq!(
+            r.status_mismatch(200, "with key k").unwrap(),
+            "GET /t/private/1/x (with key k): expected status 200, got 403\n  \
+             x-gateway-error: API not public.\n  body (20 bytes): {\"responseCode\":403}"
+        );
     }
 
     #[test]

@@ -197,6 +197,8 @@ impl Envoy {
         fs::write(&config, yaml).map_err(|e| e.to_string())?;
         let admin_file = dir.join("admin.txt");
         let log = fs::File::create(dir.join("envoy.log")).map_err(|e| e.to_string())?;
+        // Stdout carries the access log (tollgate's decisions).
+        let access = fs::File::create(dir.join("access.log")).map_err(|e| e.to_string())?;
         let child = Command::new(envoy_binary()?)
             .arg("-c")
             .arg(&config)
@@ -206,7 +208,7 @@ impl Envoy {
             .arg(&admin_file)
             .args(["-l", "warn", "--component-log-level", "wasm:info"])
             .current_dir(repo_root())
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting Envoy: {e}"))?;
@@ -310,6 +312,11 @@ impl Envoy {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
+
+    /// What Envoy wrote to stdout: the access log.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
 }
 
 fn listener_ports(listeners: &serde_json::Value) -> Vec<u16> {
@@ -405,6 +412,9 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
         trusts: &[],
         sds_dir: "",
         extra_clusters: &extra,
+        delivery: tollgate_gen::envoy::Delivery::Inline,
+        decision_log: plugin_config.contains("\"decisionLog\": true")
+            || plugin_config.contains("\"decisionLog\":true"),
     }))
 }
 

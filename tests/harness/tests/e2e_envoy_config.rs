@@ -4,6 +4,7 @@
 
 use std::fs;
 
+use tollgate_harness::expect_status;
 use tollgate_harness::live::{self, Cluster, Envoy};
 
 #[test]
@@ -61,32 +62,28 @@ fn the_demo_gateway_answers_as_the_readme_says() {
         );
     let envoy = Envoy::start(&yaml, 1).unwrap();
     let gold = [("X-API-Key", "demo-key-gold")];
-    assert_eq!(envoy.get("/demo/echo/1.0/hello", &[]).unwrap().status, 200);
+    expect_status!(envoy.get("/demo/echo/1.0/hello", &[]).unwrap(), 200);
     let r = envoy.get("/demo/orders/1.0/items?page=2", &gold).unwrap();
-    assert_eq!(r.status, 200);
+    expect_status!(r, 200, "key demo-key-gold");
     assert_eq!(r.json()["path"], "/orders/items?page=2");
     assert_eq!(r.json()["tls"], true);
     assert_eq!(
         r.json()["client_subject"],
         "CN=gateway-client,O=tollgate demo"
     );
-    assert_eq!(
+    expect_status!(
         envoy
             .get("/demo/orders/1.0/items?apikey=demo-key-gold", &[])
-            .unwrap()
-            .status,
+            .unwrap(),
         200
     );
-    assert_eq!(
-        envoy.get("/demo/orders/1.0/items", &[]).unwrap().status,
-        403
-    );
-    assert_eq!(
+    expect_status!(envoy.get("/demo/orders/1.0/items", &[]).unwrap(), 403);
+    expect_status!(
         envoy
             .get("/demo/orders/1.0/items", &[("X-API-Key", "not-a-real-key")])
-            .unwrap()
-            .status,
-        404
+            .unwrap(),
+        404,
+        "key not-a-real-key"
     );
     let r = envoy
         .get(
@@ -94,17 +91,13 @@ fn the_demo_gateway_answers_as_the_readme_says() {
             &[("X-API-Key", "demo-key-partner")],
         )
         .unwrap();
-    assert_eq!(
-        (r.status, r.header("x-policy-failure-code")),
-        (403, Some("10002"))
-    );
+    expect_status!(r, 403, "key demo-key-partner");
+    assert_eq!(r.header("x-policy-failure-code"), Some("10002"));
     let r = envoy
         .get("/demo/orders/1.0/internal/metrics", &gold)
         .unwrap();
-    assert_eq!(
-        (r.status, r.header("x-policy-failure-code")),
-        (404, Some("10007"))
-    );
+    expect_status!(r, 404, "key demo-key-gold");
+    assert_eq!(r.header("x-policy-failure-code"), Some("10007"));
     let r = envoy
         .request(
             "OPTIONS",
@@ -116,15 +109,15 @@ fn the_demo_gateway_answers_as_the_readme_says() {
             b"",
         )
         .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(
+    expect_status!(r, 200, "a CORS preflight from https://app.example.com");
+    expect_status!(
         envoy
             .get(
                 "/demo/echo/1.0/hello",
                 &[("Origin", "https://evil.example")]
             )
-            .unwrap()
-            .status,
-        400
+            .unwrap(),
+        400,
+        "Origin https://evil.example"
     );
 }

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
+use tollgate_harness::expect_status;
 use tollgate_harness::http_client::HttpResponse;
 use tollgate_harness::live::{self, Backend, Cluster, Envoy};
 
@@ -90,13 +91,7 @@ fn get(path: &str, headers: &[(&str, &str)]) -> HttpResponse {
 
 /// What the echo backend received, as JSON.
 fn seen(r: &HttpResponse) -> Value {
-    assert_eq!(
-        r.status,
-        200,
-        "backend not reached: {} {}",
-        r.status,
-        r.text()
-    );
+    expect_status!(r, 200, "the backend must be reached");
     r.json()
 }
 
@@ -118,7 +113,7 @@ macro_rules! e2e {
 fn unknown_api_is_404_api_not_found() {
     e2e!();
     let r = get("/t/nope/1/x", &[]);
-    assert_eq!(r.status, 404);
+    expect_status!(r, 404);
     assert_eq!(r.header("x-gateway-error"), Some("API not found."));
     assert_eq!(
         r.json(),
@@ -130,7 +125,7 @@ fn unknown_api_is_404_api_not_found() {
 fn private_api_without_key_is_403_api_not_public() {
     e2e!();
     let r = get("/t/private/1/x", &[]);
-    assert_eq!(r.status, 403);
+    expect_status!(r, 403);
     assert_eq!(r.header("x-gateway-error"), Some("API not public."));
     assert_eq!(r.json()["responseCode"], 403);
 }
@@ -139,7 +134,7 @@ fn private_api_without_key_is_403_api_not_public() {
 fn unknown_key_is_404_with_the_key_masked() {
     e2e!();
     let r = get("/t/private/1/x", &[("X-API-Key", "unknown-secret-key")]);
-    assert_eq!(r.status, 404);
+    expect_status!(r, 404);
     assert_eq!(
         r.header("x-gateway-error"),
         Some("No client found for API Key unkn****")
@@ -151,7 +146,7 @@ fn unknown_key_is_404_with_the_key_masked() {
 fn key_without_contract_is_404_no_contract() {
     e2e!();
     let r = get("/t/private/1/x", &[("X-API-Key", "lonely-key-01")]);
-    assert_eq!(r.status, 404);
+    expect_status!(r, 404);
     assert_eq!(
         r.header("x-gateway-error"),
         Some("No contract found between Client lonely and API private.")
@@ -218,7 +213,7 @@ fn the_chain_runs_client_plan_api_on_requests_and_in_reverse_on_responses() {
 fn a_policy_failure_answers_with_apimans_failure_contract() {
     e2e!();
     let r = get("/t/private/1/x", &[("X-API-Key", "blocked-key-01")]);
-    assert_eq!(r.status, 500);
+    expect_status!(r, 500);
     assert_eq!(r.header("x-policy-failure-type"), Some("Other"));
     assert_eq!(r.header("x-policy-failure-code"), Some("10002"));
     assert_eq!(
@@ -243,7 +238,7 @@ fn ip_allowlist_passes_a_listed_client() {
 fn ignored_resources_answer_404_with_code_10007() {
     e2e!();
     let r = get("/t/public/1/hidden/x", &[]);
-    assert_eq!(r.status, 404);
+    expect_status!(r, 404);
     assert_eq!(r.header("x-policy-failure-code"), Some("10007"));
     seen(&get("/t/public/1/visible", &[]));
 }
@@ -252,10 +247,8 @@ fn ignored_resources_answer_404_with_code_10007() {
 fn header_deny_rule_refuses_and_others_pass() {
     e2e!();
     let r = get("/t/public/1/x", &[("X-Tier", "banned")]);
-    assert_eq!(
-        (r.status, r.header("x-policy-failure-code")),
-        (403, Some("403"))
-    );
+    expect_status!(r, 403);
+    assert_eq!(r.header("x-policy-failure-code"), Some("403"));
     seen(&get("/t/public/1/x", &[("X-Tier", "gold")]));
 }
 
@@ -263,7 +256,7 @@ fn header_deny_rule_refuses_and_others_pass() {
 fn http_security_headers_are_on_backend_responses() {
     e2e!();
     let r = get("/t/public/1/x", &[]);
-    assert_eq!(r.status, 200);
+    expect_status!(r, 200);
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("strict-transport-security"), Some("max-age=100"));
@@ -284,7 +277,7 @@ fn cors_preflight_is_answered_without_calling_the_backend() {
             b"",
         )
         .unwrap();
-    assert_eq!(r.status, 200);
+    expect_status!(r, 200);
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("https://ok.test")
@@ -302,7 +295,7 @@ fn cors_preflight_is_answered_without_calling_the_backend() {
 fn cors_echoes_an_allowed_origin_with_vary() {
     e2e!();
     let r = get("/t/public/1/x", &[("Origin", "https://ok.test")]);
-    assert_eq!(r.status, 200);
+    expect_status!(r, 200);
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("https://ok.test")
@@ -314,14 +307,14 @@ fn cors_echoes_an_allowed_origin_with_vary() {
 fn cors_refuses_an_unknown_origin_and_decorates_other_failures() {
     e2e!();
     let r = get("/t/public/1/x", &[("Origin", "https://evil.test")]);
-    assert_eq!(r.status, 400);
+    expect_status!(r, 400);
     assert_eq!(
         r.header("x-policy-failure-message"),
         Some("CORS: Origin not permitted.")
     );
     // A later policy's failure still carries the CORS headers for an allowed origin.
     let r = get("/t/public/1/hidden/x", &[("Origin", "https://ok.test")]);
-    assert_eq!(r.status, 404);
+    expect_status!(r, 404);
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("https://ok.test")
@@ -332,7 +325,7 @@ fn cors_refuses_an_unknown_origin_and_decorates_other_failures() {
 fn a_missing_cluster_is_a_503_json_error() {
     e2e!();
     let r = get("/t/nocluster/1/x", &[]);
-    assert_eq!(r.status, 503);
+    expect_status!(r, 503);
     assert_eq!(
         r.header("x-gateway-error"),
         Some("API backend cluster not found.")
@@ -344,7 +337,7 @@ fn a_missing_cluster_is_a_503_json_error() {
 fn an_unreachable_backend_is_a_503_json_error() {
     e2e!();
     let r = get("/t/down/1/x", &[]);
-    assert_eq!(r.status, 503);
+    expect_status!(r, 503);
     assert_eq!(
         r.header("x-gateway-error"),
         Some("API backend unavailable.")

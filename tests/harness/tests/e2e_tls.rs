@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use tollgate_harness::expect_status;
 use tollgate_harness::http_client::HttpResponse;
 use tollgate_harness::live::{self, Backend, Envoy};
 
@@ -135,7 +136,7 @@ fn timed_get(w: &World, path: &str) -> (HttpResponse, Duration) {
 
 /// The gateway's own 503: JSON body and x-gateway-error, quickly, and nothing from a backend.
 fn assert_gateway_503(r: &HttpResponse, elapsed: Duration, limit: Duration) {
-    assert_eq!(r.status, 503, "{}", r.text());
+    expect_status!(r, 503);
     assert_eq!(
         r.header("x-gateway-error"),
         Some("API backend unavailable.")
@@ -206,7 +207,7 @@ fn the_global_default_client_certificate_is_used_when_the_api_has_none() {
     }
     let w = world();
     let r = w.envoy.get("/t/global/1/items", &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     let body = r.json();
     assert_eq!(body["backend"], "orders");
     assert_eq!(body["tls"], true);
@@ -226,7 +227,7 @@ fn an_endpoint_alias_keystore_overrides_the_global_default() {
     }
     let w = world();
     let r = w.envoy.get("/t/billing/1/invoices", &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(r.json()["backend"], "billing");
     assert_eq!(r.json()["client_subject"], PARTNER_CLIENT);
     assert_eq!(r.json()["path"], "/billing/invoices");
@@ -239,7 +240,7 @@ fn an_api_keystore_overrides_the_global_default_for_the_same_backend() {
     }
     let w = world();
     let r = w.envoy.get("/t/own/1/x", &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(r.json()["backend"], "orders");
     assert_eq!(r.json()["client_subject"], PARTNER_CLIENT);
 }
@@ -253,7 +254,8 @@ fn two_apis_with_different_client_certificates_reach_two_backends_each_seeing_it
     for _ in 0..5 {
         let a = w.envoy.get("/t/global/1/a", &[]).unwrap();
         let b = w.envoy.get("/t/billing/1/b", &[]).unwrap();
-        assert_eq!((a.status, b.status), (200, 200));
+        expect_status!(a, 200);
+        expect_status!(b, 200);
         assert_eq!(
             (&a.json()["backend"], &a.json()["client_subject"]),
             (&"orders".into(), &GATEWAY_CLIENT.into())
@@ -274,7 +276,7 @@ fn generated_clusters_require_tls_1_2_send_sni_and_check_the_san() {
     let dump = tollgate_harness::http_client::send(
         &w.envoy.admin,
         "GET",
-        "/config_dump?resource=static_clusters",
+        "/config_dump?resource=dynamic_active_clusters",
         &[],
         b"",
         Duration::from_secs(5),

@@ -6,13 +6,18 @@
 use std::fs;
 use std::path::Path;
 
+use tollgate_harness::expect_status;
 use tollgate_harness::live::{self, Envoy};
 
 const EXAMPLE: &str = "envoy/example";
 
 /// Every file tollgate-gen writes for the example, relative to `root`.
 fn generated_files(root: &Path) -> Vec<String> {
-    let mut files = vec![format!("{EXAMPLE}/envoy.yaml")];
+    let mut files = vec![
+        format!("{EXAMPLE}/envoy.yaml"),
+        format!("{EXAMPLE}/dynamic/clusters.yaml"),
+        format!("{EXAMPLE}/dynamic/registry.yaml"),
+    ];
     let mut sds: Vec<String> = fs::read_dir(root.join(EXAMPLE).join("sds"))
         .unwrap()
         .map(|e| format!("{EXAMPLE}/sds/{}", e.unwrap().file_name().to_string_lossy()))
@@ -85,13 +90,18 @@ fn the_example_gateway_reaches_the_demo_backend_over_mutual_tls() {
     let yaml = fs::read_to_string(out.join("envoy.yaml"))
         .unwrap()
         .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0");
+    // The clusters come from their own file (CDS): point them at this test's backend.
+    let clusters = out.join("dynamic/clusters.yaml");
+    let patched = fs::read_to_string(&clusters)
+        .unwrap()
         .replace("port_value: 8081", &format!("port_value: {}", backend.port));
+    fs::write(&clusters, patched).unwrap();
     let envoy = Envoy::start(&yaml, 1).unwrap();
 
     // demo/echo: an IP endpoint with the global default keystore (PKCS#12).
     let r = envoy.get("/demo/echo/1.0/hello", &[]).unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(r.json()["tls"], true);
     assert_eq!(
         r.json()["client_subject"],
@@ -103,7 +113,7 @@ fn the_example_gateway_reaches_the_demo_backend_over_mutual_tls() {
     let r = envoy
         .get("/demo/orders/1.0/items", &[("X-API-Key", "demo-key-gold")])
         .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    expect_status!(r, 200);
     assert_eq!(
         r.json()["client_subject"],
         "CN=gateway-client,O=tollgate demo"

@@ -114,9 +114,66 @@ fn junit_output_has_one_testcase_per_exchange_and_the_failure() {
         .stdout
         .contains("<testsuites name=\"tollgate-replay\" tests=\"2\" failures=\"1\""));
     assert_eq!(r.stdout.matches("<testcase ").count(), 2);
-    assert!(r
-        .stdout
-        .contains("<failure type=\"mismatch\" message=\"status: expected 200, got 404\">"));
+    assert!(r.stdout.contains(
+        "<failure type=\"mismatch\" message=\"status: expected 200, got 404 from the gateway \
+         (API not found.)\">"
+    ));
+}
+
+#[test]
+fn a_status_failure_shows_the_gateways_reason() {
+    let f = write("bad.json", &fixture(true));
+    let r = replay(&[s(&f)]);
+    assert!(
+        r.stdout
+            .contains("status: expected 200, got 404 from the gateway (API not found.)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_failed_body_check_keeps_the_table_layout() {
+    // The backend answers a long, multi-line, partly binary body; the expectation differs.
+    let body = format!("line one\nline two\r\n\u{1}{}", "x".repeat(300));
+    let f = write(
+        "body.json",
+        &json!({
+            "config": {"apis": [{"organizationId": "t", "apiId": "api", "version": "1",
+                                 "publicAPI": true, "endpoint": "http://b/", "cluster": "b"}]},
+            "exchanges": [
+                {"name": "body differs", "request": {"path": "/t/api/1/x"},
+                 "response": {"status": 200, "body": body},
+                 "expect": {"status": 200, "body": "something else"}},
+                {"name": "the next row", "request": {"path": "/t/api/1/y"},
+                 "expect": {"status": 200}}
+            ]
+        })
+        .to_string(),
+    );
+    let r = replay(&[s(&f)]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.contains("body differs"))
+        .unwrap();
+    // Under the row: the check, what was expected and what came, each on its own line.
+    assert_eq!(lines[row + 1].trim(), "body:");
+    assert_eq!(lines[row + 2].trim(), "expected \"something else\"");
+    assert!(
+        lines[row + 3]
+            .trim()
+            .starts_with("got      \"line one\\nline two\\r\\n\\x01xxx"),
+        "{}",
+        r.stdout
+    );
+    assert!(lines[row + 4].contains("the next row"), "{}", r.stdout);
+    assert!(
+        lines.iter().all(|l| l.chars().count() <= 170),
+        "a line is too long:\n{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -136,6 +193,32 @@ fn a_tap_trace_replays_with_a_configuration_from_an_envoy_yaml() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stdout);
     assert!(r.stdout.starts_with("12 passed, 0 failed"), "{}", r.stdout);
+}
+
+/// A HAR as mitmproxy 11 writes a binary upload to the demo: the body as latin-1 text.
+fn binary_upload_har(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let text: String = bytes.iter().map(|b| char::from(*b)).collect();
+    json!({"log": {"version": "1.2", "entries": [{
+        "startedDateTime": "2026-01-01T00:00:00+00:00",
+        "request": {"method": "POST", "url": "http://127.0.0.1:10000/demo/echo/1.0/upload",
+                    "headers": [{"name": "Content-Type", "value": "application/octet-stream"}],
+                    "bodySize": bytes.len(),
+                    "postData": {"mimeType": "application/octet-stream", "text": text, "params": []}},
+        "response": {"status": 200, "headers": [], "content": {"size": 0, "text": ""}},
+        "_expect": {"status": 200, "backend": {
+            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(bytes)}}
+    }]}})
+    .to_string()
+}
+
+#[test]
+fn a_har_binary_upload_reaches_the_backend_byte_for_byte() {
+    let bytes: Vec<u8> = (0u8..75).map(|i| i.wrapping_mul(53) ^ 0x9c).collect();
+    let f = write("upload.har", &binary_upload_har(&bytes));
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("warning"), "{}", r.stdout);
 }
 
 #[test]
@@ -176,6 +259,33 @@ fn a_dry_run_reports_requests_a_new_configuration_would_block() {
         ),
         "{}",
         r.stdout
+    );
+}
+
+#[test]
+fn a_dry_run_ends_with_its_own_summary_not_passed_and_failed() {
+    let r = replay(&[
+        "--dry-run",
+        "--config",
+        s(&private_echo_config()),
+        "tests/fixtures/demo.har",
+    ]);
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("dry run: 8 unchanged, 4 would change (3 newly blocked, 0 newly allowed, 1 status changed)")
+    );
+    assert!(!r.stdout.contains("passed"), "{}", r.stdout);
+    let r = replay(&[
+        "--dry-run",
+        "--format",
+        "json",
+        "--config",
+        "envoy/gateway.yaml",
+        "tests/fixtures/demo.har",
+    ]);
+    assert_eq!(
+        r.stderr.trim(),
+        "dry run: 12 unchanged, 0 would change (0 newly blocked, 0 newly allowed, 0 status changed)"
     );
 }
 
@@ -329,10 +439,63 @@ fn an_unknown_file_format_is_explained() {
 }
 
 #[test]
-fn binary_garbage_is_refused() {
+fn binary_garbage_is_refused_naming_the_formats_read() {
     let p = live::scratch_dir("replay-cli").unwrap().join("garbage.har");
     std::fs::write(&p, [0xff, 0xfe, 0x00, 0x12, 0x80]).unwrap();
-    bad(&[s(&p)], &["garbage.har", "UTF-8"]);
+    bad(
+        &[s(&p)],
+        &["garbage.har", "not UTF-8 text", "compressed HAR (.zhar)"],
+    );
+}
+
+/// demo.har compressed by `compress`, as a file named `name`.
+fn compressed_demo_har(name: &str, compress: fn(&[u8]) -> Vec<u8>) -> PathBuf {
+    let har = std::fs::read(live::repo_root().join("tests/fixtures/demo.har")).unwrap();
+    let p = live::scratch_dir("replay-cli").unwrap().join(name);
+    std::fs::write(&p, compress(&har)).unwrap();
+    p
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn a_zlib_compressed_har_is_read_as_mitmproxy_writes_it() {
+    let f = compressed_demo_har("traffic.zhar", zlib);
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.lines().last(), Some("12 passed, 0 failed"));
+}
+
+#[test]
+fn a_gzip_compressed_har_is_read() {
+    let f = compressed_demo_har("traffic.har.gz", gzip);
+    let r = replay(&["--config", "envoy/gateway.yaml", s(&f)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.lines().last(), Some("12 passed, 0 failed"));
+}
+
+#[test]
+fn a_corrupt_compressed_har_is_named() {
+    let f = compressed_demo_har("cut.zhar", |d| {
+        let z = zlib(d);
+        z[..z.len() / 2].to_vec()
+    });
+    bad(
+        &["--config", "envoy/gateway.yaml", s(&f)],
+        &["cut.zhar", "zlib-compressed", "does not decompress"],
+    );
 }
 
 #[test]

@@ -95,9 +95,8 @@ fn every_policy_tollgate_has_is_exercised_by_a_fixture() {
 }
 
 #[test]
-fn the_fixture_readme_documents_every_field() {
-    let readme =
-        std::fs::read_to_string(live::repo_root().join("tests/fixtures/README.md")).unwrap();
+fn the_replay_reference_documents_every_fixture_field() {
+    let readme = std::fs::read_to_string(live::repo_root().join("docs/replay.md")).unwrap();
     let fields = [
         fixture::TOP,
         fixture::EXCHANGE,
@@ -115,8 +114,28 @@ fn the_fixture_readme_documents_every_field() {
         .collect();
     assert!(
         undocumented.is_empty(),
-        "README.md does not mention {undocumented:?}"
+        "docs/replay.md does not mention {undocumented:?}"
     );
+}
+
+#[test]
+fn the_fixture_format_is_documented_in_one_place_only() {
+    // A row of the `expect` table: it lives in docs/replay.md, and nowhere else.
+    let row = "| `bodyJson` |";
+    let root = live::repo_root();
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("tests/fixtures/README.md"),
+    ];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let holding: Vec<String> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(row)))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(holding, vec!["docs/replay.md".to_string()]);
 }
 
 #[test]

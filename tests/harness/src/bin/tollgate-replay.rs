@@ -1,5 +1,5 @@
 //! `tollgate-replay`: replays recorded traffic through tollgate's real filter code, natively or
-//! against a live gateway. See `tollgate-replay --help` and `tests/fixtures/README.md`.
+//! against a live gateway. See `tollgate-replay --help` and `docs/replay.md`.
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

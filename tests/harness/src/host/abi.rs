@@ -64,26 +64,56 @@ pub(super) struct CallResponseData {
     pub trailers: Headers,
 }
 
+/// One direction's body as Envoy's wasm filter sees it (`source/extensions/common/wasm/
+/// context.cc`, `decodeData`/`encodeData`/`getBuffer`).
+#[derive(Debug, Default)]
+pub(super) struct BodyState {
+    /// The filter manager's buffer (`buffered_request_data_`): what the filter paused on, until
+    /// the stream continues and it goes on.
+    pub held: Vec<u8>,
+    /// The data chunk being delivered to the body callback.
+    pub chunk: Vec<u8>,
+    /// Inside the body callback.
+    pub open: bool,
+    /// Inside the body callback at end of stream: trailers may then be added.
+    pub eos: bool,
+    /// The last body callback returned Pause (`buffering_request_body_`): the filter sees the
+    /// held buffer, also outside its body callbacks, and new chunks are added to it before the
+    /// callback runs.
+    pub buffering: bool,
+}
+
+impl BodyState {
+    /// What `proxy_get_buffer_bytes` reads and writes: the held buffer while buffering, else
+    /// the chunk while the body callback runs.
+    fn visible(&mut self) -> Option<&mut Vec<u8>> {
+        if self.buffering {
+            Some(&mut self.held)
+        } else if self.open {
+            Some(&mut self.chunk)
+        } else {
+            None
+        }
+    }
+}
+
 /// One HTTP stream's host-side state.
 #[derive(Debug, Default)]
 pub(super) struct StreamState {
     pub request_headers: Headers,
-    /// Envoy hands out the request headers only until they continue upstream; afterwards
-    /// every access is `BadArgument` (verified on Envoy 1.40).
+    /// Envoy hands out the request headers until the headers callback returns Continue or the
+    /// filter calls `proxy_continue_stream`; afterwards every access is `BadArgument`. Headers
+    /// that went upstream because a body callback continued stay reachable, but changes no
+    /// longer reach the backend (all three verified on Envoy 1.40).
     pub request_headers_open: bool,
-    pub request_body: Vec<u8>,
-    pub request_body_open: bool,
+    pub request_body: BodyState,
     pub request_trailers: Headers,
     pub request_trailers_open: bool,
     pub response_headers: Headers,
     pub response_headers_open: bool,
-    pub response_body: Vec<u8>,
-    pub response_body_open: bool,
+    pub response_body: BodyState,
     pub response_trailers: Headers,
     pub response_trailers_open: bool,
-    /// Set inside a body callback at end of stream: trailers may then be added.
-    pub request_eos: bool,
-    pub response_eos: bool,
     pub local_reply: Option<LocalReplyRequest>,
     /// `proxy_continue_stream` was called for the request (0) or response (1).
     pub continue_request: bool,
@@ -158,10 +188,10 @@ impl VmHost {
             MAP_REQUEST_HEADERS if s.request_headers_open => Ok(&mut s.request_headers),
             MAP_RESPONSE_HEADERS if s.response_headers_open => Ok(&mut s.response_headers),
             // Envoy creates trailers on demand in the last body callback.
-            MAP_REQUEST_TRAILERS if s.request_trailers_open || s.request_eos => {
+            MAP_REQUEST_TRAILERS if s.request_trailers_open || s.request_body.eos => {
                 Ok(&mut s.request_trailers)
             }
-            MAP_RESPONSE_TRAILERS if s.response_trailers_open || s.response_eos => {
+            MAP_RESPONSE_TRAILERS if s.response_trailers_open || s.response_body.eos => {
                 Ok(&mut s.response_trailers)
             }
             _ => Err(status::BAD_ARGUMENT),
@@ -170,14 +200,16 @@ impl VmHost {
 
     fn buffer(&mut self, buffer: u32) -> Result<&mut Vec<u8>, u32> {
         match buffer {
-            BUFFER_REQUEST_BODY => match self.stream.as_mut() {
-                Some(s) if s.request_body_open => Ok(&mut s.request_body),
-                _ => Err(status::NOT_FOUND),
-            },
-            BUFFER_RESPONSE_BODY => match self.stream.as_mut() {
-                Some(s) if s.response_body_open => Ok(&mut s.response_body),
-                _ => Err(status::NOT_FOUND),
-            },
+            BUFFER_REQUEST_BODY => self
+                .stream
+                .as_mut()
+                .and_then(|s| s.request_body.visible())
+                .ok_or(status::NOT_FOUND),
+            BUFFER_RESPONSE_BODY => self
+                .stream
+                .as_mut()
+                .and_then(|s| s.response_body.visible())
+                .ok_or(status::NOT_FOUND),
             BUFFER_CALL_RESPONSE_BODY => self
                 .call_response
                 .as_mut()
@@ -614,15 +646,22 @@ extern "C" fn proxy_dequeue_shared_queue(id: u32, out: *mut *mut u8, out_len: *m
 
 // ---- streams ---------------------------------------------------------------------------
 
+/// Records the continue; the stream driver carries it out once the callback returns (Envoy
+/// defers `continueDecoding()`/`continueEncoding()` the same way). Envoy drops its hold on the
+/// request headers and trailers at once, for either stream (`Context::continueStream`;
+/// verified on Envoy 1.40: the request headers are `BadArgument` right after
+/// `resume_http_request`, the response headers still readable after `resume_http_response`).
 #[no_mangle]
 extern "C" fn proxy_continue_stream(stream: u32) -> u32 {
     with_vm(|vm| match (vm.stream.as_mut(), stream) {
-        (Some(s), 0) => {
-            s.continue_request = true;
-            status::OK
-        }
-        (Some(s), 1) => {
-            s.continue_response = true;
+        (Some(s), 0 | 1) => {
+            if stream == 0 {
+                s.continue_request = true;
+            } else {
+                s.continue_response = true;
+            }
+            s.request_headers_open = false;
+            s.request_trailers_open = false;
             status::OK
         }
         (Some(_), _) => status::BAD_ARGUMENT,
@@ -691,7 +730,7 @@ extern "C" fn proxy_send_local_response(
 
 /// Dispatches a call-out. Like Envoy, refuses an unknown cluster and a call without
 /// `:method`, `:path` and `:authority` with `BadArgument`; the stream driver answers it from
-/// the stubs once the callback returns.
+/// the stubs when the stream's `CallTiming` says the answer arrives.
 #[allow(clippy::too_many_arguments)]
 #[no_mangle]
 extern "C" fn proxy_http_call(

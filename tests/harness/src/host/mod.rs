@@ -7,7 +7,8 @@
 //!
 //! [`Guest::run`] drives one HTTP stream like Envoy's filter manager: header maps with
 //! pseudo-headers, body chunks with buffering on `Pause`, local replies that end the stream,
-//! call-outs answered from stubs, and the routing and error mapping of `envoy/gateway.yaml`.
+//! call-outs answered from stubs at a chosen moment ([`CallTiming`]: at once, after the body,
+//! after N callbacks, never), and the routing and error mapping of `envoy/gateway.yaml`.
 //! Where Envoy's behaviour was checked with a probe filter, the code says so.
 //!
 //! This module is only ever built for native targets: the wasm build of tollgate never sees it.
@@ -28,7 +29,8 @@ use std::time::Duration;
 pub use headers::Headers;
 pub use shared::SharedStore;
 pub use stream::{
-    BackendResponse, CallRecord, Origin, StreamInput, StreamResult, Upstream, UpstreamRequest,
+    BackendResponse, CallRecord, CallTiming, Direction, Origin, Returned, StreamEvent, StreamInput,
+    StreamResult, Upstream, UpstreamRequest,
 };
 
 /// proxy-wasm statuses (`proxy_wasm::types::Status`).

@@ -1,14 +1,46 @@
 //! One HTTP stream through the filter, the way Envoy 1.40's filter manager drives it with the
 //! listener, route and error mapping of `envoy/gateway.yaml`. Behaviour marked "verified" was
-//! observed on Envoy 1.40 with a probe filter that logged every callback and map.
+//! observed on Envoy 1.40 with a probe filter that logged every callback and map; behaviour
+//! marked "Envoy's source" follows `source/common/http/filter_manager.cc` and
+//! `source/extensions/common/wasm/context.cc`.
+//!
+//! The stream is event driven: request body chunks, trailers, the backend's answer and the
+//! answers to the filter's call-outs arrive in an order the stream's [`CallTiming`] chooses,
+//! and what the filter holds (headers, buffered body, trailers) goes on only when Envoy would
+//! let it. [`StreamResult::events`] records the order things happened in.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::abi::{self, LocalReplyRequest, PendingCall, StreamState};
+use super::abi::{self, BodyState, LocalReplyRequest, PendingCall, StreamState};
 use super::headers::{is_connection_header, Headers};
 use super::{guest, set_effective, Guest, HostSettings, LogLine, PropertyValue, StubAnswer};
 use crate::time;
+
+/// When the host answers the filter's call-outs.
+///
+/// Envoy answers a call-out whenever its cluster does: before, between or after the request's
+/// body chunks, or not before the client gives up. A filter that holds a request while a call
+/// is pending has to cope with every one of these; each mode pins one down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallTiming {
+    /// As soon as the callback that made the call has returned (and Envoy has acted on what it
+    /// returned), before anything else reaches the filter.
+    #[default]
+    Immediate,
+    /// Once everything else in the call's direction has reached the filter: every request
+    /// body chunk, the end of stream and the trailers for a call made on the request path; the
+    /// response's for a call made while the response passes.
+    AfterBody,
+    /// After this many further stream callbacks (headers, body or trailers, either direction);
+    /// sooner only when nothing else can reach the filter first. `Delayed(0)` is `Immediate`.
+    Delayed(u32),
+    /// Never: the stream waits for the answer until Envoy would time it out. Calls still
+    /// pending when the stream ends are cancelled, as Envoy cancels them with the filter's
+    /// context.
+    Never,
+}
 
 /// A request as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +59,8 @@ pub struct StreamInput {
     pub source: String,
     /// Property overrides, e.g. `connection.mtls`.
     pub properties: Vec<(String, PropertyValue)>,
+    /// When the filter's call-outs are answered.
+    pub call_timing: CallTiming,
 }
 
 impl StreamInput {
@@ -41,6 +75,7 @@ impl StreamInput {
             trailers: Vec::new(),
             source: "127.0.0.1:40000".to_string(),
             properties: Vec::new(),
+            call_timing: CallTiming::Immediate,
         }
     }
 
@@ -49,8 +84,19 @@ impl StreamInput {
         self
     }
 
+    /// Adds a body chunk (each call one more chunk).
     pub fn body(mut self, body: &[u8]) -> StreamInput {
         self.body.push(body.to_vec());
+        self
+    }
+
+    pub fn trailer(mut self, name: &str, value: &str) -> StreamInput {
+        self.trailers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn call_timing(mut self, timing: CallTiming) -> StreamInput {
+        self.call_timing = timing;
         self
     }
 }
@@ -117,11 +163,124 @@ pub enum Origin {
 /// A call-out the filter made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
+    pub token: u32,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// Whether a stub answered it (else it got the harness's 503).
+    /// Whether a stub answers it (else it gets the harness's 503).
     pub stubbed: bool,
+    /// Whether the filter got its answer (not when the stream ended first, or never came).
+    pub answered: bool,
+}
+
+/// Which way data flows through the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the backend.
+    Request,
+    /// From the backend to the client.
+    Response,
+}
+
+/// What a stream callback returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    Continue,
+    /// `Action::Pause`: Envoy's StopIteration (headers, trailers) or StopIterationAndBuffer
+    /// (body).
+    Pause,
+}
+
+/// One thing that happened on a stream, in the order it happened ([`StreamResult::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// `proxy_on_request_headers` ran.
+    RequestHeaders {
+        end_of_stream: bool,
+        returned: Returned,
+    },
+    /// `proxy_on_request_body` ran for a chunk of `chunk` bytes; the filter was told `size`
+    /// (everything it holds, while it buffers).
+    RequestBody {
+        chunk: usize,
+        size: usize,
+        end_of_stream: bool,
+        returned: Returned,
+    },
+    /// `proxy_on_request_trailers` ran.
+    RequestTrailers {
+        returned: Returned,
+    },
+    /// The filter dispatched a call-out.
+    CallDispatched {
+        token: u32,
+        cluster: String,
+    },
+    /// A call-out's answer arrived: `proxy_on_http_call_response` runs next.
+    CallAnswered {
+        token: u32,
+    },
+    /// A call-out was still pending when the stream ended; Envoy cancels it.
+    CallCancelled {
+        token: u32,
+    },
+    /// The filter called `proxy_continue_stream`.
+    Continued(Direction),
+    /// The request headers went past the filter to the router and upstream: the backend is
+    /// reached.
+    UpstreamHeaders {
+        end_of_stream: bool,
+    },
+    /// Request body went upstream.
+    UpstreamBody {
+        size: usize,
+        end_of_stream: bool,
+    },
+    UpstreamTrailers,
+    /// The backend's response arrived at Envoy.
+    UpstreamResponse {
+        status: u16,
+    },
+    /// The backend dropped the connection without answering.
+    UpstreamReset,
+    /// `proxy_on_response_headers` ran (for the backend's response or a local reply).
+    ResponseHeaders {
+        end_of_stream: bool,
+        returned: Returned,
+    },
+    /// `proxy_on_response_body` ran; `chunk` and `size` as for [`StreamEvent::RequestBody`].
+    ResponseBody {
+        chunk: usize,
+        size: usize,
+        end_of_stream: bool,
+        returned: Returned,
+    },
+    /// `proxy_on_response_trailers` ran.
+    ResponseTrailers {
+        returned: Returned,
+    },
+    /// The filter sent a local reply.
+    LocalReply {
+        status: u16,
+    },
+    /// Envoy answered itself (unknown cluster, backend unavailable).
+    EnvoyReply {
+        status: u16,
+    },
+    /// The response headers went to the client.
+    DownstreamHeaders {
+        status: u16,
+        end_of_stream: bool,
+    },
+    DownstreamBody {
+        size: usize,
+        end_of_stream: bool,
+    },
+    DownstreamTrailers,
+    /// The filter closed the stream (`proxy_close_stream`).
+    Closed,
+    /// Envoy reset the stream: a local reply came after the client had the response headers.
+    Reset,
 }
 
 /// The outcome of one stream.
@@ -136,13 +295,16 @@ pub struct StreamResult {
     pub origin: Origin,
     /// The details the filter gave with its local reply.
     pub reply_details: Option<String>,
-    /// What the backend received, if the request got there.
+    /// What the backend received, if the request got there (as far as it got, if the stream
+    /// stopped half-way).
     pub upstream: Option<UpstreamRequest>,
     /// Why there is no response, when there is none.
     pub stalled: Option<String>,
     /// The stream was reset after the response started.
     pub reset: bool,
     pub callouts: Vec<CallRecord>,
+    /// What happened, in order.
+    pub events: Vec<StreamEvent>,
     /// What the filter logged during this stream.
     pub logs: Vec<LogLine>,
 }
@@ -158,31 +320,34 @@ impl StreamResult {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Where the first event that `matches` is in [`StreamResult::events`].
+    pub fn position(&self, matches: impl Fn(&StreamEvent) -> bool) -> Option<usize> {
+        self.events.iter().position(matches)
+    }
 }
 
 const CONTINUE: u32 = 0;
-
-/// How a phase ended.
-enum Flow {
-    Continue,
-    Pause,
-    Reply(LocalReplyRequest),
-    Reset,
-}
 
 /// Messages of the gateway's `local_reply_config` mappers (`envoy/gateway.yaml`).
 const NO_CLUSTER: &str = "API backend cluster not found.";
 const UNAVAILABLE: &str = "API backend unavailable.";
 
-struct Run {
-    id: u32,
-    settings: Arc<HostSettings>,
-    callouts: Vec<CallRecord>,
-    method: String,
-}
+/// More call-out answers than this in one stream means the filter dispatches a new call from
+/// every answer; the stream is given up rather than hang the replay.
+const MAX_ANSWERS: usize = 10_000;
 
 fn state<R>(f: impl FnOnce(&mut StreamState) -> R) -> Option<R> {
     abi::with_vm(|vm| vm.stream.as_mut().map(f)).flatten()
+}
+
+impl StreamState {
+    fn body_mut(&mut self, direction: Direction) -> &mut BodyState {
+        match direction {
+            Direction::Request => &mut self.request_body,
+            Direction::Response => &mut self.response_body,
+        }
+    }
 }
 
 impl Guest {
@@ -229,15 +394,9 @@ impl Guest {
         });
         set_effective(id);
         unsafe { guest::proxy_on_context_create(id, self.root_id) };
-        let mut run = Run {
-            id,
-            settings,
-            callouts: Vec::new(),
-            method: input.method.to_ascii_uppercase(),
-        };
-        let mut result = run.request(input, backend);
-        result.callouts = std::mem::take(&mut run.callouts);
-        if run.method == "HEAD" {
+        let mut run = Run::new(id, settings, input.call_timing, backend);
+        let mut result = run.drive(input);
+        if input.method.eq_ignore_ascii_case("HEAD") {
             result.body.clear();
         }
         // Verified on Envoy 1.40: on_log, then on_done.
@@ -270,65 +429,554 @@ fn no_response(why: &str) -> StreamResult {
         stalled: Some(why.to_string()),
         reset: false,
         callouts: Vec::new(),
+        events: Vec::new(),
         logs: Vec::new(),
     }
 }
 
-impl Run {
-    /// Calls one guest callback, answers the call-outs it made, and says how the phase ends.
-    fn call(&mut self, response: bool, callback: impl FnOnce(u32) -> u32) -> Flow {
+/// A call-out waiting for its answer.
+struct Waiting {
+    call: PendingCall,
+    /// The direction the stream was passing in when the call was made.
+    direction: Direction,
+    /// How many stream callbacks had run when it was made.
+    since: u32,
+}
+
+/// What reaches the filter next.
+enum Input {
+    /// A request body chunk, and whether it ends the stream.
+    RequestBody(Vec<u8>, bool),
+    RequestTrailers(Vec<(String, String)>),
+    /// The backend's answer, once the whole request went upstream.
+    Backend(Upstream),
+    ResponseBody(Vec<u8>, bool),
+    ResponseTrailers(Vec<(String, String)>),
+}
+
+impl Input {
+    fn direction(&self) -> Direction {
+        match self {
+            Input::RequestBody(..) | Input::RequestTrailers(_) => Direction::Request,
+            Input::Backend(_) | Input::ResponseBody(..) | Input::ResponseTrailers(_) => {
+                Direction::Response
+            }
+        }
+    }
+}
+
+/// What a stream callback was given, for what Envoy does with its verdict.
+enum Delivered {
+    Headers,
+    /// The chunk as the filter left it (empty when it was added to the held buffer before the
+    /// callback), and whether it ends the stream.
+    Body(Vec<u8>, bool),
+    Trailers,
+}
+
+/// One direction of the stream at the filter, as Envoy's filter manager tracks it.
+#[derive(Debug, Default)]
+struct Side {
+    /// The filter stopped it (returned Pause) and nothing continued it since
+    /// (`IterationState::StopSingleIteration`).
+    stopped: bool,
+    /// The headers went past the filter.
+    headers_passed: bool,
+    /// Everything in this direction has reached the filter (`complete()`).
+    input_done: bool,
+    /// The filter has seen trailers it has not let go yet.
+    trailers_held: bool,
+    /// The end of stream went past the filter.
+    complete: bool,
+}
+
+/// One stream being driven.
+struct Run<'a> {
+    id: u32,
+    settings: Arc<HostSettings>,
+    timing: CallTiming,
+    backend: &'a mut dyn FnMut(&UpstreamRequest) -> Upstream,
+    /// What reaches the filter next, in order.
+    input: VecDeque<Input>,
+    /// Call-outs not answered yet, oldest first.
+    waiting: Vec<Waiting>,
+    answers: usize,
+    /// Stream callbacks run so far (what `CallTiming::Delayed` counts).
+    callbacks: u32,
+    request: Side,
+    response: Side,
+    /// The backend's response (or a local reply) has reached the filter manager.
+    response_started: bool,
+    /// What went upstream so far.
+    upstream: Option<UpstreamRequest>,
+    /// The response headers the client got, once they went.
+    downstream: Option<Headers>,
+    client_body: Vec<u8>,
+    client_trailers: Vec<(String, String)>,
+    callouts: Vec<CallRecord>,
+    events: Vec<StreamEvent>,
+    /// How the stream ended, once it did.
+    done: Option<StreamResult>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        id: u32,
+        settings: Arc<HostSettings>,
+        timing: CallTiming,
+        backend: &'a mut dyn FnMut(&UpstreamRequest) -> Upstream,
+    ) -> Run<'a> {
+        Run {
+            id,
+            settings,
+            timing,
+            backend,
+            input: VecDeque::new(),
+            waiting: Vec::new(),
+            answers: 0,
+            callbacks: 0,
+            request: Side::default(),
+            response: Side::default(),
+            response_started: false,
+            upstream: None,
+            downstream: None,
+            client_body: Vec::new(),
+            client_trailers: Vec::new(),
+            callouts: Vec::new(),
+            events: Vec::new(),
+            done: None,
+        }
+    }
+
+    fn side(&self, direction: Direction) -> &Side {
+        match direction {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        }
+    }
+
+    fn side_mut(&mut self, direction: Direction) -> &mut Side {
+        match direction {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        }
+    }
+
+    /// Runs the stream from the request headers to its end.
+    fn drive(&mut self, input: &StreamInput) -> StreamResult {
+        // Verified on Envoy 1.40 (HTTP/1.1 with content-length): each data chunk arrives with
+        // end_stream false, then an empty chunk ends the stream (unless trailers do).
+        let chunks: Vec<Vec<u8>> = input
+            .body
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect();
+        let has_trailers = !input.trailers.is_empty();
+        let has_body = !chunks.is_empty();
+        for chunk in chunks {
+            self.input.push_back(Input::RequestBody(chunk, false));
+        }
+        if has_body && !has_trailers {
+            self.input.push_back(Input::RequestBody(Vec::new(), true));
+        }
+        if has_trailers {
+            self.input
+                .push_back(Input::RequestTrailers(input.trailers.clone()));
+        }
+        self.request_headers(self.input.is_empty());
+        self.settle();
+        self.finish()
+    }
+
+    /// Until the stream ends: answers the call-outs that are due, else delivers what arrives
+    /// next, else (nothing else can happen) lets the oldest pending answer arrive.
+    fn settle(&mut self) {
+        while self.done.is_none() {
+            if self.answers >= MAX_ANSWERS {
+                self.done = Some(no_response(
+                    "the filter dispatched a new call-out from every answer",
+                ));
+            } else if let Some(i) = self.waiting.iter().position(|w| self.is_due(w)) {
+                self.answer(i);
+            } else if let Some(next) = self.input.pop_front() {
+                self.deliver(next);
+            } else if self.timing != CallTiming::Never && !self.waiting.is_empty() {
+                self.answer(0);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn is_due(&self, w: &Waiting) -> bool {
+        match self.timing {
+            CallTiming::Immediate => true,
+            CallTiming::Delayed(n) => self.callbacks.saturating_sub(w.since) >= n,
+            CallTiming::AfterBody => !self.input.iter().any(|i| i.direction() == w.direction),
+            CallTiming::Never => false,
+        }
+    }
+
+    fn deliver(&mut self, next: Input) {
+        match next {
+            Input::RequestBody(chunk, eos) => self.body(Direction::Request, chunk, eos),
+            Input::RequestTrailers(t) => self.trailers(Direction::Request, &t),
+            Input::Backend(Upstream::Respond(r)) => self.response_headers(r),
+            Input::Backend(Upstream::Reset) => {
+                self.events.push(StreamEvent::UpstreamReset);
+                self.envoy_reply(envoy_error(503, UNAVAILABLE));
+            }
+            Input::ResponseBody(chunk, eos) => self.body(Direction::Response, chunk, eos),
+            Input::ResponseTrailers(t) => self.trailers(Direction::Response, &t),
+        }
+    }
+
+    /// The stream is over (or stuck): pending call-outs are cancelled, and the result says
+    /// what the client got and what the backend received.
+    fn finish(&mut self) -> StreamResult {
+        let why = {
+            let which = if self.request.complete {
+                "response"
+            } else {
+                "request"
+            };
+            match self.waiting.first() {
+                Some(w) => format!(
+                    "the filter paused the {which} and never resumed it: its call-out to cluster \
+                     {} was never answered (Envoy would time the stream out)",
+                    w.call.cluster
+                ),
+                None => format!(
+                    "the filter paused the {which} and never resumed it (Envoy would time the \
+                     stream out)"
+                ),
+            }
+        };
+        for w in std::mem::take(&mut self.waiting) {
+            self.events.push(StreamEvent::CallCancelled {
+                token: w.call.token,
+            });
+        }
+        let mut result = self.done.take().unwrap_or_else(|| no_response(&why));
+        result.upstream = self.upstream.take();
+        result.callouts = std::mem::take(&mut self.callouts);
+        result.events = std::mem::take(&mut self.events);
+        result
+    }
+
+    // ---- the filter's callbacks ----------------------------------------------------------
+
+    /// Calls one stream callback and says what it returned.
+    fn stream_callback(&mut self, callback: impl FnOnce(u32) -> u32) -> Returned {
         set_effective(self.id);
         let action = callback(self.id);
-        self.answer_calls();
-        let Some((reply, closed, continued)) = state(|s| {
-            let continued = if response {
-                std::mem::take(&mut s.continue_response)
-            } else {
-                std::mem::take(&mut s.continue_request)
-            };
-            (s.local_reply.take(), s.closed, continued)
-        }) else {
-            return Flow::Reset;
-        };
-        if let Some(r) = reply {
-            Flow::Reply(r)
-        } else if closed {
-            Flow::Reset
-        } else if action == CONTINUE || continued {
-            Flow::Continue
+        self.callbacks = self.callbacks.saturating_add(1);
+        if action == CONTINUE {
+            Returned::Continue
         } else {
-            Flow::Pause
+            Returned::Pause
         }
     }
 
-    /// Answers every pending call-out from the stubs, in the order they were made.
-    fn answer_calls(&mut self) {
-        loop {
-            let Some(calls) = abi::with_vm(|vm| std::mem::take(&mut vm.pending_calls)) else {
-                return;
-            };
-            if calls.is_empty() {
-                return;
+    fn request_headers(&mut self, eos: bool) {
+        self.request.input_done = eos;
+        let n = state(|s| s.request_headers.len()).unwrap_or(0);
+        let returned =
+            self.stream_callback(|id| unsafe { guest::proxy_on_request_headers(id, n, eos) });
+        if returned == Returned::Continue {
+            state(|s| s.request_headers_open = false);
+        }
+        self.events.push(StreamEvent::RequestHeaders {
+            end_of_stream: eos,
+            returned,
+        });
+        self.after_guest(Some((Direction::Request, returned, Delivered::Headers)));
+    }
+
+    /// The backend's response reaches the filter: its headers callback runs, the body and
+    /// trailers queue up behind it.
+    fn response_headers(&mut self, r: BackendResponse) {
+        let mut h = Headers::response();
+        h.add(":status", &r.status.to_string());
+        let mut had_length = false;
+        for (k, v) in &r.headers {
+            if k.starts_with(':') || is_connection_header(k) {
+                continue;
             }
-            for call in calls {
-                self.answer(call);
+            if k.eq_ignore_ascii_case("content-length") {
+                had_length = true;
+                h.add(k, &r.body.len().to_string());
+            } else {
+                h.add(k, v);
+            }
+        }
+        if !had_length && !r.body.is_empty() {
+            h.add("content-length", &r.body.len().to_string());
+        }
+        h.add("x-envoy-upstream-service-time", "0");
+        self.events
+            .push(StreamEvent::UpstreamResponse { status: r.status });
+        let n = h.len();
+        state(|s| {
+            s.properties.insert(
+                "response.code".into(),
+                PropertyValue::Int(i64::from(r.status)).encode(),
+            );
+            s.response_headers = h;
+            s.response_headers_open = true;
+        });
+        self.response_started = true;
+        let has_trailers = !r.trailers.is_empty();
+        let eos = r.body.is_empty() && !has_trailers;
+        if !r.body.is_empty() {
+            self.input.push_back(Input::ResponseBody(r.body, false));
+            if !has_trailers {
+                self.input.push_back(Input::ResponseBody(Vec::new(), true));
+            }
+        }
+        if has_trailers {
+            self.input.push_back(Input::ResponseTrailers(r.trailers));
+        }
+        self.response.input_done = eos;
+        let returned =
+            self.stream_callback(|id| unsafe { guest::proxy_on_response_headers(id, n, eos) });
+        if returned == Returned::Continue {
+            state(|s| s.response_headers_open = false);
+        }
+        self.events.push(StreamEvent::ResponseHeaders {
+            end_of_stream: eos,
+            returned,
+        });
+        self.after_guest(Some((Direction::Response, returned, Delivered::Headers)));
+    }
+
+    /// A body chunk reaches the filter (Envoy's wasm `decodeData`/`encodeData`): while the
+    /// filter buffers, the chunk joins the held buffer first and the filter is told the size
+    /// of it all; otherwise it sees the chunk alone.
+    fn body(&mut self, direction: Direction, chunk: Vec<u8>, eos: bool) {
+        if eos {
+            self.side_mut(direction).input_done = true;
+        }
+        let len = chunk.len();
+        let size = state(|s| {
+            let b = s.body_mut(direction);
+            b.open = true;
+            b.eos = eos;
+            if b.buffering {
+                b.held.extend_from_slice(&chunk);
+                b.held.len()
+            } else {
+                b.chunk = chunk;
+                b.chunk.len()
+            }
+        })
+        .unwrap_or(0);
+        let returned = self.stream_callback(|id| unsafe {
+            match direction {
+                Direction::Request => guest::proxy_on_request_body(id, size, eos),
+                Direction::Response => guest::proxy_on_response_body(id, size, eos),
+            }
+        });
+        let data = state(|s| {
+            let b = s.body_mut(direction);
+            b.open = false;
+            b.eos = false;
+            b.buffering = returned == Returned::Pause;
+            std::mem::take(&mut b.chunk)
+        })
+        .unwrap_or_default();
+        self.events.push(match direction {
+            Direction::Request => StreamEvent::RequestBody {
+                chunk: len,
+                size,
+                end_of_stream: eos,
+                returned,
+            },
+            Direction::Response => StreamEvent::ResponseBody {
+                chunk: len,
+                size,
+                end_of_stream: eos,
+                returned,
+            },
+        });
+        self.after_guest(Some((direction, returned, Delivered::Body(data, eos))));
+    }
+
+    fn trailers(&mut self, direction: Direction, trailers: &[(String, String)]) {
+        {
+            let side = self.side_mut(direction);
+            side.input_done = true;
+            side.trailers_held = true;
+        }
+        let n = state(|s| {
+            let t = Headers::from_pairs(trailers);
+            let n = t.len();
+            match direction {
+                Direction::Request => {
+                    s.request_trailers = t;
+                    s.request_trailers_open = true;
+                }
+                Direction::Response => {
+                    s.response_trailers = t;
+                    s.response_trailers_open = true;
+                }
+            }
+            n
+        })
+        .unwrap_or(0);
+        let returned = self.stream_callback(|id| unsafe {
+            match direction {
+                Direction::Request => guest::proxy_on_request_trailers(id, n),
+                Direction::Response => guest::proxy_on_response_trailers(id, n),
+            }
+        });
+        if returned == Returned::Continue {
+            state(|s| match direction {
+                Direction::Request => s.request_trailers_open = false,
+                Direction::Response => s.response_trailers_open = false,
+            });
+        }
+        self.events.push(match direction {
+            Direction::Request => StreamEvent::RequestTrailers { returned },
+            Direction::Response => StreamEvent::ResponseTrailers { returned },
+        });
+        self.after_guest(Some((direction, returned, Delivered::Trailers)));
+    }
+
+    /// What Envoy does once a call into the VM returns: takes note of the call-outs it
+    /// dispatched, carries out its deferred actions (a local reply, closing the stream,
+    /// continuing a stream) and, for a stream callback, what it returned.
+    ///
+    /// A `proxy_continue_stream` made inside a stream callback counts as that callback
+    /// returning Continue.
+    fn after_guest(&mut self, delivered: Option<(Direction, Returned, Delivered)>) {
+        self.register_calls();
+        let Some((reply, closed, continued)) = state(|s| {
+            (
+                s.local_reply.take(),
+                s.closed,
+                [
+                    std::mem::take(&mut s.continue_request),
+                    std::mem::take(&mut s.continue_response),
+                ],
+            )
+        }) else {
+            self.done = Some(no_response("the VM is not installed on this thread"));
+            return;
+        };
+        if let Some(reply) = reply {
+            self.local_reply(reply);
+            return;
+        }
+        if closed {
+            self.events.push(StreamEvent::Closed);
+            self.done = Some(no_response("the filter closed the stream"));
+            return;
+        }
+        let continued_in = |d: Direction| match d {
+            Direction::Request => continued[0],
+            Direction::Response => continued[1],
+        };
+        let mut own = None;
+        if let Some((direction, returned, what)) = delivered {
+            own = Some(direction);
+            let cont = continued_in(direction);
+            if cont {
+                self.events.push(StreamEvent::Continued(direction));
+            }
+            self.carry_on(direction, returned == Returned::Continue || cont, what);
+        }
+        for direction in [Direction::Request, Direction::Response] {
+            if own != Some(direction) && continued_in(direction) && self.done.is_none() {
+                self.events.push(StreamEvent::Continued(direction));
+                self.release(direction);
             }
         }
     }
 
-    fn answer(&mut self, call: PendingCall) {
+    /// The filter manager acts on a stream callback's verdict
+    /// (`commonHandleAfter{Headers,Data,Trailers}Callback`).
+    fn carry_on(&mut self, direction: Direction, go: bool, what: Delivered) {
+        let stopped = self.side(direction).stopped;
+        match what {
+            // Not stopped: this chunk goes on by itself (nothing is held: a stopped stream
+            // holds, and continuing it sends what it held).
+            Delivered::Body(data, eos) if go && !stopped => self.pass_body(direction, data, eos),
+            Delivered::Body(data, _) => {
+                state(|s| s.body_mut(direction).held.extend_from_slice(&data));
+                if go {
+                    self.release(direction);
+                } else {
+                    self.side_mut(direction).stopped = true;
+                }
+            }
+            Delivered::Trailers if go && !stopped => self.pass_trailers(direction),
+            Delivered::Headers | Delivered::Trailers => {
+                if go {
+                    self.release(direction);
+                } else {
+                    self.side_mut(direction).stopped = true;
+                }
+            }
+        }
+    }
+
+    // ---- call-outs -----------------------------------------------------------------------
+
+    /// Takes the call-outs the guest dispatched since the last look.
+    fn register_calls(&mut self) {
+        let calls = abi::with_vm(|vm| std::mem::take(&mut vm.pending_calls)).unwrap_or_default();
+        let direction = if self.response_started {
+            Direction::Response
+        } else {
+            Direction::Request
+        };
+        for call in calls {
+            let stubbed = self
+                .settings
+                .stubs
+                .iter()
+                .any(|s| s.matches(&call.cluster, &call.headers));
+            self.events.push(StreamEvent::CallDispatched {
+                token: call.token,
+                cluster: call.cluster.clone(),
+            });
+            self.callouts.push(CallRecord {
+                token: call.token,
+                cluster: call.cluster.clone(),
+                headers: call.headers.clone(),
+                body: call.body.clone(),
+                stubbed,
+                answered: false,
+            });
+            self.waiting.push(Waiting {
+                call,
+                direction,
+                since: self.callbacks,
+            });
+        }
+    }
+
+    /// Answers a pending call-out from the stubs (the first that matches; none gives the
+    /// harness's 503) and runs what the filter does with the answer.
+    fn answer(&mut self, index: usize) {
+        if index >= self.waiting.len() {
+            return;
+        }
+        let call = self.waiting.remove(index).call;
+        self.answers += 1;
+        self.events
+            .push(StreamEvent::CallAnswered { token: call.token });
+        if let Some(record) = self.callouts.iter_mut().find(|c| c.token == call.token) {
+            record.answered = true;
+        }
         let stub = self
             .settings
             .stubs
             .iter()
             .find(|s| s.matches(&call.cluster, &call.headers))
             .cloned();
-        self.callouts.push(CallRecord {
-            cluster: call.cluster.clone(),
-            headers: call.headers.clone(),
-            body: call.body.clone(),
-            stubbed: stub.is_some(),
-        });
         let data = match &stub {
             Some(s) => {
                 abi::with_vm(|vm| vm.clock.advance(s.delay));
@@ -377,127 +1025,134 @@ impl Run {
         set_effective(call.context_id);
         unsafe { guest::proxy_on_http_call_response(call.context_id, call.token, nh, nb, nt) };
         abi::with_vm(|vm| vm.call_response = None);
+        self.after_guest(None);
     }
 
-    fn request(
-        &mut self,
-        input: &StreamInput,
-        backend: &mut dyn FnMut(&UpstreamRequest) -> Upstream,
-    ) -> StreamResult {
-        let chunks: Vec<&[u8]> = input
-            .body
-            .iter()
-            .filter(|c| !c.is_empty())
-            .map(Vec::as_slice)
-            .collect();
-        let has_trailers = !input.trailers.is_empty();
-        let eos = chunks.is_empty() && !has_trailers;
-        let n = state(|s| s.request_headers.len()).unwrap_or(0);
-        let mut upstream: Option<Headers> = None;
-        match self.call(false, |id| unsafe {
-            guest::proxy_on_request_headers(id, n, eos)
-        }) {
-            Flow::Reply(r) => return self.reply_through_filter(r, Origin::Filter),
-            Flow::Reset => return no_response("the filter closed the stream"),
-            Flow::Continue => upstream = self.release_request_headers(),
-            Flow::Pause => {}
-        }
+    // ---- what goes past the filter -------------------------------------------------------
 
-        // Verified on Envoy 1.40 (HTTP/1.1 with content-length): each data chunk arrives with
-        // end_stream false, then an empty chunk ends the stream; while the filter pauses, the
-        // size it is told is everything buffered so far.
-        let mut body = Vec::new();
-        let mut deliveries: Vec<(&[u8], bool)> = chunks.iter().map(|c| (*c, false)).collect();
-        if !chunks.is_empty() && !has_trailers {
-            deliveries.push((&[], true));
+    /// Envoy's `commonContinue()`: what the filter held goes on, the headers first, then the
+    /// held body, then held trailers, without calling the filter again for data it has seen.
+    /// Later chunks reach the filter on their own (verified on Envoy 1.40: after a
+    /// continue from the call-out's answer, the next chunk's callback is told that chunk's
+    /// size, and every chunk reaches the backend).
+    fn release(&mut self, direction: Direction) {
+        if self.done.is_some() || (direction == Direction::Response && !self.response_started) {
+            return;
         }
-        for (chunk, eos) in deliveries {
-            let size = state(|s| {
-                s.request_body.extend_from_slice(chunk);
-                s.request_body_open = true;
-                s.request_eos = eos;
-                s.request_body.len()
-            })
-            .unwrap_or(0);
-            let flow = self.call(false, |id| unsafe {
-                guest::proxy_on_request_body(id, size, eos)
-            });
-            state(|s| {
-                s.request_body_open = false;
-                s.request_eos = false;
-            });
-            match flow {
-                Flow::Reply(r) => return self.reply_through_filter(r, Origin::Filter),
-                Flow::Reset => return no_response("the filter closed the stream"),
-                Flow::Continue => {
-                    if upstream.is_none() {
-                        upstream = self.release_request_headers();
-                    }
-                    body.extend(state(|s| std::mem::take(&mut s.request_body)).unwrap_or_default());
-                }
-                Flow::Pause => {}
-            }
-        }
-        let mut trailers = Vec::new();
-        if has_trailers {
-            let n = state(|s| {
-                s.request_trailers = Headers::from_pairs(&input.trailers);
-                s.request_trailers_open = true;
-                s.request_trailers.len()
-            })
-            .unwrap_or(0);
-            let flow = self.call(false, |id| unsafe {
-                guest::proxy_on_request_trailers(id, n)
-            });
-            match flow {
-                Flow::Reply(r) => return self.reply_through_filter(r, Origin::Filter),
-                Flow::Reset => return no_response("the filter closed the stream"),
-                Flow::Continue => {
-                    if upstream.is_none() {
-                        upstream = self.release_request_headers();
-                    }
-                    body.extend(state(|s| std::mem::take(&mut s.request_body)).unwrap_or_default());
-                }
-                Flow::Pause => {}
-            }
-            trailers = state(|s| {
-                s.request_trailers_open = false;
-                s.request_trailers.pairs().to_vec()
-            })
-            .unwrap_or_default();
-        }
-        let pending = state(|s| !s.request_body.is_empty()).unwrap_or(false);
-        let Some(headers) = upstream.filter(|_| !pending) else {
-            return no_response(
-                "the filter paused the request and never resumed it (Envoy would time the stream out)",
-            );
-        };
-        self.route(headers, body, trailers, backend)
-    }
-
-    /// The request headers continue upstream: the filter can no longer see or change them.
-    fn release_request_headers(&mut self) -> Option<Headers> {
-        state(|s| {
-            s.request_headers_open = false;
-            s.request_headers.clone()
+        self.side_mut(direction).stopped = false;
+        let held = state(|s| {
+            let b = s.body_mut(direction);
+            b.buffering = false;
+            std::mem::take(&mut b.held)
         })
+        .unwrap_or_default();
+        if !self.side(direction).headers_passed {
+            let side = self.side(direction);
+            let eos = side.input_done && held.is_empty() && !side.trailers_held;
+            self.pass_headers(direction, eos);
+        }
+        let side = self.side(direction);
+        if !held.is_empty() || (side.input_done && !side.trailers_held) {
+            let eos = side.input_done && !side.trailers_held;
+            self.pass_body(direction, held, eos);
+        }
+        if self.side(direction).trailers_held {
+            self.pass_trailers(direction);
+        }
     }
 
-    /// The router: picks the cluster from the cluster header, as the `cluster_header` route of
-    /// `envoy/gateway.yaml` does, and calls the backend.
-    fn route(
-        &mut self,
-        mut headers: Headers,
-        body: Vec<u8>,
-        trailers: Vec<(String, String)>,
-        backend: &mut dyn FnMut(&UpstreamRequest) -> Upstream,
-    ) -> StreamResult {
+    fn pass_headers(&mut self, direction: Direction, eos: bool) {
+        if self.done.is_some() {
+            return;
+        }
+        self.side_mut(direction).headers_passed = true;
+        match direction {
+            Direction::Request => {
+                let headers = state(|s| s.request_headers.clone()).unwrap_or_default();
+                self.route(headers, eos);
+            }
+            Direction::Response => {
+                let headers = state(|s| s.response_headers.clone()).unwrap_or_default();
+                self.events.push(StreamEvent::DownstreamHeaders {
+                    status: status_of(&headers),
+                    end_of_stream: eos,
+                });
+                self.downstream = Some(headers);
+                if eos {
+                    self.response_complete();
+                }
+            }
+        }
+    }
+
+    fn pass_body(&mut self, direction: Direction, data: Vec<u8>, eos: bool) {
+        // After the end of stream went on, Envoy drops what follows (the next filter's
+        // `end_stream_` is set).
+        if self.done.is_some() || self.side(direction).complete || (data.is_empty() && !eos) {
+            return;
+        }
+        let event = match direction {
+            Direction::Request => StreamEvent::UpstreamBody {
+                size: data.len(),
+                end_of_stream: eos,
+            },
+            Direction::Response => StreamEvent::DownstreamBody {
+                size: data.len(),
+                end_of_stream: eos,
+            },
+        };
+        self.events.push(event);
+        match direction {
+            Direction::Request => {
+                if let Some(u) = self.upstream.as_mut() {
+                    u.body.extend(data);
+                }
+                if eos {
+                    self.request_complete();
+                }
+            }
+            Direction::Response => {
+                self.client_body.extend(data);
+                if eos {
+                    self.response_complete();
+                }
+            }
+        }
+    }
+
+    fn pass_trailers(&mut self, direction: Direction) {
+        self.side_mut(direction).trailers_held = false;
+        if self.done.is_some() || self.side(direction).complete {
+            return;
+        }
+        match direction {
+            Direction::Request => {
+                let t = state(|s| s.request_trailers.pairs().to_vec()).unwrap_or_default();
+                if let Some(u) = self.upstream.as_mut() {
+                    u.trailers = t;
+                }
+                self.events.push(StreamEvent::UpstreamTrailers);
+                self.request_complete();
+            }
+            Direction::Response => {
+                self.client_trailers =
+                    state(|s| s.response_trailers.pairs().to_vec()).unwrap_or_default();
+                self.events.push(StreamEvent::DownstreamTrailers);
+                self.response_complete();
+            }
+        }
+    }
+
+    /// The router gets the request headers: picks the cluster from the cluster header, as the
+    /// `cluster_header` route of `envoy/gateway.yaml` does, and starts the upstream request.
+    fn route(&mut self, mut headers: Headers, eos: bool) {
         let cluster = headers
             .get(&self.settings.cluster_header)
             .unwrap_or("")
             .to_string();
         if !self.settings.knows_route_cluster(&cluster) {
-            return self.reply_through_filter(envoy_error(503, NO_CLUSTER), Origin::Envoy);
+            self.envoy_reply(envoy_error(503, NO_CLUSTER));
+            return;
         }
         state(|s| {
             s.properties.insert(
@@ -514,173 +1169,100 @@ impl Run {
             "x-envoy-expected-rq-timeout-ms",
             &self.settings.route_timeout_ms.to_string(),
         );
-        let request = UpstreamRequest {
+        self.upstream = Some(UpstreamRequest {
             cluster,
             headers: headers.pairs().to_vec(),
-            body,
-            trailers,
-        };
-        let answer = backend(&request);
-        let mut result = match answer {
-            Upstream::Respond(r) => self.response(r),
-            Upstream::Reset => {
-                self.reply_through_filter(envoy_error(503, UNAVAILABLE), Origin::Envoy)
-            }
-        };
-        result.upstream = Some(request);
-        result
-    }
-
-    /// The backend's response through the filter's response callbacks.
-    fn response(&mut self, r: BackendResponse) -> StreamResult {
-        let mut h = Headers::response();
-        h.add(":status", &r.status.to_string());
-        let mut had_length = false;
-        for (k, v) in &r.headers {
-            if k.starts_with(':') || is_connection_header(k) {
-                continue;
-            }
-            if k.eq_ignore_ascii_case("content-length") {
-                had_length = true;
-                h.add(k, &r.body.len().to_string());
-            } else {
-                h.add(k, v);
-            }
-        }
-        if !had_length && !r.body.is_empty() {
-            h.add("content-length", &r.body.len().to_string());
-        }
-        h.add("x-envoy-upstream-service-time", "0");
-        state(|s| {
-            s.properties.insert(
-                "response.code".into(),
-                PropertyValue::Int(i64::from(r.status)).encode(),
-            );
-            s.response_headers = h;
-            s.response_headers_open = true;
+            body: Vec::new(),
+            trailers: Vec::new(),
         });
-        let has_trailers = !r.trailers.is_empty();
-        let eos = r.body.is_empty() && !has_trailers;
-        let n = state(|s| s.response_headers.len()).unwrap_or(0);
-        let mut sent: Option<Headers> = None;
-        match self.call(true, |id| unsafe {
-            guest::proxy_on_response_headers(id, n, eos)
-        }) {
-            // Verified on Envoy 1.40: a reply from the response headers replaces the backend's
-            // response and runs no further filter callbacks.
-            Flow::Reply(reply) => {
-                return final_response(
-                    local_reply_headers(&reply),
-                    reply.body,
-                    Origin::Filter,
-                    Some(reply.details),
-                )
-            }
-            Flow::Reset => return no_response("the filter closed the stream"),
-            Flow::Continue => sent = self.release_response_headers(),
-            Flow::Pause => {}
-        }
-        let mut body = Vec::new();
-        let mut deliveries: Vec<(&[u8], bool)> = Vec::new();
-        if !r.body.is_empty() {
-            deliveries.push((&r.body, false));
-            if !has_trailers {
-                deliveries.push((&[], true));
-            }
-        }
-        for (chunk, eos) in deliveries {
-            let size = state(|s| {
-                s.response_body.extend_from_slice(chunk);
-                s.response_body_open = true;
-                s.response_eos = eos;
-                s.response_body.len()
-            })
-            .unwrap_or(0);
-            let flow = self.call(true, |id| unsafe {
-                guest::proxy_on_response_body(id, size, eos)
-            });
-            state(|s| {
-                s.response_body_open = false;
-                s.response_eos = false;
-            });
-            match flow {
-                Flow::Reply(reply) => {
-                    if let Some(headers) = sent {
-                        // The client already has the headers: Envoy can only reset.
-                        let mut res = final_response(headers, body, Origin::Backend, None);
-                        res.reset = true;
-                        return res;
-                    }
-                    return final_response(
-                        local_reply_headers(&reply),
-                        reply.body,
-                        Origin::Filter,
-                        Some(reply.details),
-                    );
-                }
-                Flow::Reset => return no_response("the filter closed the stream"),
-                Flow::Continue => {
-                    if sent.is_none() {
-                        sent = self.release_response_headers();
-                    }
-                    body.extend(
-                        state(|s| std::mem::take(&mut s.response_body)).unwrap_or_default(),
-                    );
-                }
-                Flow::Pause => {}
-            }
-        }
-        let mut trailers = Vec::new();
-        if has_trailers {
-            let n = state(|s| {
-                s.response_trailers = Headers::from_pairs(&r.trailers);
-                s.response_trailers_open = true;
-                s.response_trailers.len()
-            })
-            .unwrap_or(0);
-            match self.call(true, |id| unsafe {
-                guest::proxy_on_response_trailers(id, n)
-            }) {
-                Flow::Reply(_) | Flow::Reset => {
-                    let mut res = no_response("the filter closed the stream");
-                    res.reset = true;
-                    return res;
-                }
-                Flow::Continue => {
-                    if sent.is_none() {
-                        sent = self.release_response_headers();
-                    }
-                    body.extend(
-                        state(|s| std::mem::take(&mut s.response_body)).unwrap_or_default(),
-                    );
-                }
-                Flow::Pause => {}
-            }
-            trailers = state(|s| s.response_trailers.pairs().to_vec()).unwrap_or_default();
-        }
-        let pending = state(|s| !s.response_body.is_empty()).unwrap_or(false);
-        match sent.filter(|_| !pending) {
-            Some(headers) => {
-                let mut res = final_response(headers, body, Origin::Backend, None);
-                res.trailers = trailers;
-                res
-            }
-            None => no_response(
-                "the filter paused the response and never resumed it (Envoy would time the stream out)",
-            ),
+        self.events
+            .push(StreamEvent::UpstreamHeaders { end_of_stream: eos });
+        if eos {
+            self.request_complete();
         }
     }
 
-    fn release_response_headers(&mut self) -> Option<Headers> {
-        state(|s| {
-            s.response_headers_open = false;
-            s.response_headers.clone()
-        })
+    /// The whole request went upstream: the backend answers it (its answer reaches the filter
+    /// when nothing due comes first).
+    fn request_complete(&mut self) {
+        self.request.complete = true;
+        let Some(request) = self.upstream.as_ref() else {
+            return;
+        };
+        let answer = (self.backend)(request);
+        self.input.push_back(Input::Backend(answer));
+    }
+
+    fn response_complete(&mut self) {
+        self.response.complete = true;
+        let headers = self.downstream.clone().unwrap_or_default();
+        let mut result = final_response(
+            headers,
+            std::mem::take(&mut self.client_body),
+            Origin::Backend,
+            None,
+        );
+        result.trailers = std::mem::take(&mut self.client_trailers);
+        self.done = Some(result);
+    }
+
+    // ---- local replies -------------------------------------------------------------------
+
+    /// The filter's local reply (Envoy's `sendLocalReply`): before the backend's response
+    /// reached Envoy it passes through the filter's response callbacks; once the response is
+    /// there but the client has none of it, it replaces it without them (verified on Envoy
+    /// 1.40 for a reply from the response headers); once the client has the response headers,
+    /// Envoy can only reset the stream. Either way nothing more reaches the filter.
+    fn local_reply(&mut self, reply: LocalReplyRequest) {
+        self.events.push(StreamEvent::LocalReply {
+            status: reply.status,
+        });
+        self.input.clear();
+        let result = if !self.response_started {
+            self.reply_through_filter(reply, Origin::Filter)
+        } else if let Some(headers) = self.downstream.clone() {
+            self.events.push(StreamEvent::Reset);
+            let mut r = final_response(
+                headers,
+                std::mem::take(&mut self.client_body),
+                Origin::Backend,
+                None,
+            );
+            r.reset = true;
+            r
+        } else {
+            let headers = local_reply_headers(&reply);
+            self.events.push(StreamEvent::DownstreamHeaders {
+                status: reply.status,
+                end_of_stream: reply.body.is_empty(),
+            });
+            if !reply.body.is_empty() {
+                self.events.push(StreamEvent::DownstreamBody {
+                    size: reply.body.len(),
+                    end_of_stream: true,
+                });
+            }
+            final_response(headers, reply.body, Origin::Filter, Some(reply.details))
+        };
+        self.done = Some(result);
+    }
+
+    /// A reply from Envoy's router, before any response started.
+    fn envoy_reply(&mut self, reply: LocalReplyRequest) {
+        self.events.push(StreamEvent::EnvoyReply {
+            status: reply.status,
+        });
+        self.input.clear();
+        let result = self.reply_through_filter(reply, Origin::Envoy);
+        self.done = Some(result);
     }
 
     /// A reply made before the response started (the filter's or Envoy's own) goes through the
-    /// filter's response callbacks like a backend response (verified on Envoy 1.40).
+    /// filter's response callbacks like a backend response (verified on Envoy 1.40). What the
+    /// filter asks for meanwhile (another reply, pausing, continuing) is ignored, as Envoy
+    /// ignores a reply while replying; call-outs it makes are cancelled when the stream ends.
     fn reply_through_filter(&mut self, reply: LocalReplyRequest, origin: Origin) -> StreamResult {
+        self.response_started = true;
         let headers = local_reply_headers(&reply);
         let body = reply.body;
         let eos = body.is_empty();
@@ -690,37 +1272,70 @@ impl Run {
             s.response_headers = headers;
             s.response_headers_open = true;
         });
-        // A reply while replying is ignored, as Envoy does.
-        let _ = self.call(true, |id| unsafe {
-            guest::proxy_on_response_headers(id, n, eos)
+        let returned =
+            self.stream_callback(|id| unsafe { guest::proxy_on_response_headers(id, n, eos) });
+        self.events.push(StreamEvent::ResponseHeaders {
+            end_of_stream: eos,
+            returned,
         });
+        self.ignore_deferred();
         let mut out_body = body.clone();
         if !body.is_empty() {
-            let size = state(|s| {
+            let size = body.len();
+            state(|s| {
                 s.response_headers_open = false;
-                s.response_body = body;
-                s.response_body_open = true;
-                s.response_eos = true;
-                s.response_body.len()
-            })
-            .unwrap_or(0);
-            let _ = self.call(true, |id| unsafe {
-                guest::proxy_on_response_body(id, size, true)
+                s.response_body = BodyState {
+                    chunk: body,
+                    open: true,
+                    eos: true,
+                    ..BodyState::default()
+                };
             });
-            out_body = state(|s| {
-                s.response_body_open = false;
-                std::mem::take(&mut s.response_body)
-            })
-            .unwrap_or_default();
+            let returned =
+                self.stream_callback(|id| unsafe { guest::proxy_on_response_body(id, size, true) });
+            self.events.push(StreamEvent::ResponseBody {
+                chunk: size,
+                size,
+                end_of_stream: true,
+                returned,
+            });
+            self.ignore_deferred();
+            out_body = state(|s| std::mem::take(&mut s.response_body).chunk).unwrap_or_default();
         }
         let headers = state(|s| {
             s.response_headers_open = false;
             s.response_headers.clone()
         })
         .unwrap_or_default();
+        self.events.push(StreamEvent::DownstreamHeaders {
+            status: status_of(&headers),
+            end_of_stream: out_body.is_empty(),
+        });
+        if !out_body.is_empty() {
+            self.events.push(StreamEvent::DownstreamBody {
+                size: out_body.len(),
+                end_of_stream: true,
+            });
+        }
         let details = (origin == Origin::Filter).then_some(reply.details);
         final_response(headers, out_body, origin, details)
     }
+
+    fn ignore_deferred(&mut self) {
+        self.register_calls();
+        state(|s| {
+            s.local_reply = None;
+            s.continue_request = false;
+            s.continue_response = false;
+        });
+    }
+}
+
+fn status_of(headers: &Headers) -> u16 {
+    headers
+        .get(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
@@ -792,6 +1407,7 @@ fn final_response(
         stalled: None,
         reset: false,
         callouts: Vec::new(),
+        events: Vec::new(),
         logs: Vec::new(),
     }
 }

@@ -292,13 +292,86 @@ fn show(v: Option<&str>) -> String {
     }
 }
 
-fn show_bytes(b: &[u8]) -> String {
-    let text = String::from_utf8_lossy(b);
-    let mut s: String = text.chars().take(120).collect();
-    if text.chars().count() > 120 {
-        s.push('…');
+/// How many characters of a body a report shows.
+const BODY_SHOWN: usize = 120;
+
+/// A body on one line, as report tables need: its first characters with control characters
+/// and bytes that are not UTF-8 escaped (`\n`, `\x00`, `\xff`), then its size when it is cut.
+pub fn show_bytes(b: &[u8]) -> String {
+    let mut s = String::new();
+    let mut shown = 0usize;
+    let mut cut = false;
+    'chunks: for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if shown == BODY_SHOWN {
+                cut = true;
+                break 'chunks;
+            }
+            push_escaped(&mut s, c);
+            shown += 1;
+        }
+        for byte in chunk.invalid() {
+            if shown == BODY_SHOWN {
+                cut = true;
+                break 'chunks;
+            }
+            s.push_str(&format!("\\x{byte:02x}"));
+            shown += 1;
+        }
     }
-    format!("\"{s}\"")
+    if cut {
+        format!("\"{s}…\" ({} bytes)", b.len())
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+fn push_escaped(s: &mut String, c: char) {
+    match c {
+        '\n' => s.push_str("\\n"),
+        '\r' => s.push_str("\\r"),
+        '\t' => s.push_str("\\t"),
+        c if c.is_control() => s.push_str(&format!("\\x{:02x}", c as u32)),
+        c => s.push(c),
+    }
+}
+
+/// Text on one line: control characters escaped (a report row must not break).
+pub fn one_line(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            push_escaped(&mut s, c);
+        } else {
+            s.push(c);
+        }
+    }
+    s
+}
+
+/// `403 from the gateway (API not public.)`: a status with the gateway's reason, when the
+/// response carries one, and who answered, when known.
+pub fn describe_status(
+    status: u16,
+    from_gateway: Option<bool>,
+    headers: &[(String, String)],
+) -> String {
+    if status == 0 {
+        return "(no response)".into();
+    }
+    let reason = headers
+        .iter()
+        .find(|(k, _)| {
+            k.eq_ignore_ascii_case("x-gateway-error")
+                || k.eq_ignore_ascii_case("x-policy-failure-message")
+        })
+        .map(|(_, v)| format!(" ({})", one_line(v)))
+        .unwrap_or_default();
+    match from_gateway {
+        Some(true) => format!("{status} from the gateway{reason}"),
+        Some(false) => format!("{status} from the backend{reason}"),
+        None => format!("{status}{reason}"),
+    }
 }
 
 fn check_headers(prefix: &str, checks: &[HeaderCheck], headers: &[(String, String)]) -> Vec<Check> {
@@ -439,11 +512,7 @@ pub fn check(expect: &Expect, obs: &Observed) -> Vec<Check> {
         out.push(Check {
             what: "status".into(),
             expected: s.to_string(),
-            got: if obs.status == 0 {
-                "(no response)".into()
-            } else {
-                obs.status.to_string()
-            },
+            got: describe_status(obs.status, obs.from_gateway, &obs.headers),
             ok: Some(obs.status == s),
         });
     }

@@ -1,4 +1,4 @@
-//! tollgate's fixture format (documented in `tests/fixtures/README.md`): a JSON object with
+//! tollgate's fixture format (documented in `docs/replay.md`): a JSON object with
 //! the gateway configuration, then the exchanges, each a request, the backend's recorded
 //! response and expectations.
 
@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::json::{kind, problem, syntax_error, Obj, Problem};
 use super::{config, expect, Exchange, Format, GatewayConfig, InputError, Suite};
-use crate::host::{BackendResponse, CallStub, PropertyValue, StreamInput, StubAnswer, Upstream};
+use crate::host::{
+    BackendResponse, CallStub, CallTiming, PropertyValue, StreamInput, StubAnswer, Upstream,
+};
 use crate::time;
 
 pub const TOP: &[&str] = &[
@@ -32,6 +34,7 @@ pub const EXCHANGE: &[&str] = &[
     "worker",
     "source",
     "properties",
+    "callTiming",
     "request",
     "response",
     "expect",
@@ -213,6 +216,36 @@ fn property(v: &Value, at: &str) -> Result<PropertyValue, Problem> {
     }
 }
 
+/// `"immediate"`, `"afterBody"`, `"never"` or `{"delayed": N}`.
+fn call_timing(v: &Value, at: &str) -> Result<CallTiming, Problem> {
+    const CHOICES: &str = "\"immediate\", \"afterBody\", \"never\" or {\"delayed\": N}";
+    match v {
+        Value::String(s) => match s.as_str() {
+            "immediate" => Ok(CallTiming::Immediate),
+            "afterBody" => Ok(CallTiming::AfterBody),
+            "never" => Ok(CallTiming::Never),
+            other => Err(problem(
+                at,
+                format!("\"{other}\" is not a call timing ({CHOICES})"),
+            )),
+        },
+        Value::Object(_) => {
+            let o = Obj::of(v, at)?;
+            o.only(&["delayed"])?;
+            let n = o
+                .u64("delayed")?
+                .ok_or_else(|| problem(&o.at("delayed"), "is required"))?;
+            u32::try_from(n)
+                .map(CallTiming::Delayed)
+                .map_err(|_| problem(&o.at("delayed"), "is too large"))
+        }
+        other => Err(problem(
+            at,
+            format!("expected {CHOICES}, found {}", kind(other)),
+        )),
+    }
+}
+
 fn exchange(v: &Value, at: &str) -> Result<Exchange, Problem> {
     let o = Obj::of(v, at)?;
     o.only(EXCHANGE)?;
@@ -233,6 +266,9 @@ fn exchange(v: &Value, at: &str) -> Result<Exchange, Problem> {
             Ok(std::net::IpAddr::V4(_)) => format!("{s}:40000"),
             Err(_) => s.to_string(),
         };
+    }
+    if let Some(t) = o.get("callTiming") {
+        request.call_timing = call_timing(t, &o.at("callTiming"))?;
     }
     if let Some(p) = o.get("properties") {
         let po = Obj::of(p, &o.at("properties"))?;
@@ -395,6 +431,39 @@ mod tests {
         assert!(s.exchanges[0].live_reproducible().is_ok());
         let why = s.exchanges[1].live_reproducible().unwrap_err();
         assert!(why.contains("virtual clock"), "{why}");
+    }
+
+    #[test]
+    fn an_exchange_chooses_when_its_call_outs_are_answered() {
+        let s = parse_str(
+            r#"{"config": {}, "exchanges": [
+                {"request": {"path": "/a"}, "expect": {"status": 200}},
+                {"callTiming": "afterBody", "request": {"path": "/a"}, "expect": {"status": 200}},
+                {"callTiming": "never", "request": {"path": "/a"}, "expect": {"status": 200}},
+                {"callTiming": {"delayed": 2}, "request": {"path": "/a"}, "expect": {"status": 200}}]}"#,
+        )
+        .unwrap();
+        let timings: Vec<CallTiming> = s.exchanges.iter().map(|e| e.request.call_timing).collect();
+        assert_eq!(
+            timings,
+            vec![
+                CallTiming::Immediate,
+                CallTiming::AfterBody,
+                CallTiming::Never,
+                CallTiming::Delayed(2)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_call_timing_is_refused_where_it_is() {
+        let e = parse_str(
+            r#"{"config": {}, "exchanges": [
+                {"callTiming": "later", "request": {"path": "/a"}, "expect": {"status": 200}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.at, "exchanges[0].callTiming");
+        assert!(e.to_string().contains("afterBody"), "{e}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn parse_value(path: &Path, value: &Value) -> Result<Suite, Problem> {
         return Err(problem("log.entries", "the HAR has no entries"));
     }
     for (at, v) in entries {
-        suite.exchanges.push(entry(v, &at)?);
+        suite.exchanges.push(entry(v, &at, &mut suite.warnings)?);
     }
     if let Some(first) = suite.exchanges.iter().find_map(|e| e.at) {
         suite.start = first;
@@ -80,7 +80,150 @@ fn name_values(o: &Obj, key: &str) -> Result<Vec<(String, String)>, Problem> {
         .collect()
 }
 
-fn entry(v: &Value, at: &str) -> Result<Exchange, Problem> {
+/// The `charset` parameter of a media type, lower-cased.
+fn charset(mime: &str) -> Option<String> {
+    mime.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// Charsets whose bytes are the code points U+0000..U+00FF (windows-1252 only where it agrees,
+/// which the caller checks by the characters being ≤ U+00FF).
+const LATIN1: &[&str] = &[
+    "iso-8859-1",
+    "iso8859-1",
+    "iso_8859-1",
+    "latin1",
+    "latin-1",
+    "l1",
+    "cp819",
+    "windows-1252",
+    "cp1252",
+];
+
+/// The bytes a HAR `text` field stood for, and why they may not be the ones recorded.
+///
+/// HAR keeps a body as text. Recorders decode the bytes with the charset of the content type,
+/// else (mitmproxy, for anything but JSON) as latin-1: every byte one character U+0000..U+00FF.
+/// So without a charset, text whose characters are all ≤ U+00FF is sent as one byte each;
+/// other text, JSON (RFC 8259: UTF-8) and text with a UTF-8 charset is sent as UTF-8. A
+/// `size` (the recorded `bodySize`) picks whichever of the two gives that many bytes.
+pub fn text_bytes(text: &str, mime: &str, size: Option<u64>) -> (Vec<u8>, Option<String>) {
+    let utf8 = text.as_bytes().to_vec();
+    if text.is_ascii() {
+        let note = size.filter(|n| *n != utf8.len() as u64).map(|n| {
+            format!(
+                "the recorded bodySize is {n} bytes, the text has {}",
+                utf8.len()
+            )
+        });
+        return (utf8, note);
+    }
+    let latin1: Option<Vec<u8>> = text
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect();
+    let charset = charset(mime);
+    let mut note = None;
+    let prefer_latin1 = match charset.as_deref() {
+        Some("utf-8" | "utf8") => false,
+        Some(c) if LATIN1.contains(&c) => true,
+        Some(other) => {
+            note = Some(format!(
+                "the charset {other} is not one tollgate-replay encodes (it does UTF-8 and \
+                 latin-1): sent as UTF-8"
+            ));
+            false
+        }
+        None => !mime.to_ascii_lowercase().contains("json"),
+    };
+    let mut candidates: Vec<Vec<u8>> = Vec::new();
+    match (prefer_latin1, latin1) {
+        (true, Some(l)) => candidates.extend([l, utf8]),
+        (false, Some(l)) => candidates.extend([utf8, l]),
+        (_, None) => candidates.push(utf8),
+    }
+    let chosen = match size {
+        Some(n) => candidates
+            .iter()
+            .position(|c| c.len() as u64 == n)
+            .map(|i| {
+                note = None;
+                candidates.swap_remove(i)
+            })
+            .unwrap_or_else(|| {
+                let first = candidates.swap_remove(0);
+                note = Some(format!(
+                    "the recorded bodySize is {n} bytes, the text gives {}{}",
+                    first.len(),
+                    note.as_deref()
+                        .map(|n| format!("; {n}"))
+                        .unwrap_or_default()
+                ));
+                first
+            }),
+        None => candidates.swap_remove(0),
+    };
+    if text.contains('\u{fffd}') {
+        note = Some(
+            "the recorder replaced bytes it could not decode with U+FFFD, so the bytes sent \
+             differ from the recorded ones"
+                .to_string(),
+        );
+    }
+    (chosen, note)
+}
+
+/// A request's body from `postData`, and why it may not be byte for byte what the client sent.
+fn post_data(
+    pd: &Obj,
+    size: Option<u64>,
+    content_type: &str,
+) -> Result<(Vec<u8>, Option<String>), Problem> {
+    let mime = pd
+        .string("mimeType")?
+        .filter(|m| !m.is_empty())
+        .unwrap_or(content_type);
+    let Some(text) = pd.string("text")? else {
+        let params = name_values(pd, "params")?;
+        let body = params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_bytes();
+        let note = (!params.is_empty()).then(|| {
+            "the recording has no postData.text: the body was rebuilt from postData.params"
+                .to_string()
+        });
+        return Ok((body, note));
+    };
+    match pd.string("encoding")? {
+        Some("base64") => {
+            let body = base64_decode(text).map_err(|m| problem(&pd.at("text"), m))?;
+            let note = size.filter(|n| *n != body.len() as u64).map(|n| {
+                format!(
+                    "the recorded bodySize is {n} bytes, the decoded text {}",
+                    body.len()
+                )
+            });
+            Ok((body, note))
+        }
+        Some(other) if !other.is_empty() => Ok((
+            text.as_bytes().to_vec(),
+            Some(format!(
+                "postData.encoding \"{other}\" is not one tollgate-replay knows (base64 is): \
+                 the text was sent as UTF-8"
+            )),
+        )),
+        _ => Ok(text_bytes(text, mime, size)),
+    }
+}
+
+fn entry(v: &Value, at: &str, warnings: &mut Vec<String>) -> Result<Exchange, Problem> {
     let e = Obj::of(v, at)?;
     let req = Obj::of(
         e.get("request")
@@ -110,18 +253,38 @@ fn entry(v: &Value, at: &str) -> Result<Exchange, Problem> {
         .collect();
     if let Some(pd) = req.get("postData") {
         let pd = Obj::of(pd, &req.at("postData"))?;
-        let body = match pd.string("text")? {
-            Some(t) if pd.string("encoding")? == Some("base64") => {
-                base64_decode(t).map_err(|m| problem(&pd.at("text"), m))?
-            }
-            Some(t) => t.as_bytes().to_vec(),
-            None => name_values(&pd, "params")?
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("&")
-                .into_bytes(),
-        };
+        // bodySize is -1 when unknown; some recorders write 0 for bodies they did not measure.
+        let size = req
+            .get("bodySize")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0);
+        let content_type = request
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let (body, mut note) = post_data(&pd, size, &content_type)?;
+        // HAR holds the decoded body: the coding it was sent with no longer applies.
+        if let Some((_, coding)) = request.headers.iter().find(|(k, v)| {
+            k.eq_ignore_ascii_case("content-encoding") && !v.eq_ignore_ascii_case("identity")
+        }) {
+            note = Some(format!(
+                "it was sent with Content-Encoding {coding}, and the HAR holds it decoded: sent \
+                 decoded, without that header"
+            ));
+            request
+                .headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-encoding"));
+        }
+        if let Some(note) = note {
+            warnings.push(format!(
+                "{} ({} {}): the request body cannot be reproduced exactly: {note}",
+                req.at("postData"),
+                request.method,
+                request.path
+            ));
+        }
         if !body.is_empty() {
             request.body = vec![body];
         }
@@ -174,7 +337,7 @@ fn entry(v: &Value, at: &str) -> Result<Exchange, Problem> {
                     Some(t) if c.string("encoding")? == Some("base64") => {
                         base64_decode(t).map_err(|m| problem(&c.at("text"), m))?
                     }
-                    Some(t) => t.as_bytes().to_vec(),
+                    Some(t) => text_bytes(t, c.string("mimeType")?.unwrap_or(""), None).0,
                     None => Vec::new(),
                 }
             }
@@ -260,6 +423,149 @@ mod tests {
         };
         assert_eq!(r.body, b"ok");
         assert!(r.headers.is_empty());
+    }
+
+    /// A HAR entry POSTing `post_data` (a JSON object's fields) to `/o/a/1/x`.
+    fn post(post_data: &str, body_size: i64) -> String {
+        har(&format!(
+            r#"{{"request": {{"method": "POST", "url": "http://gw/o/a/1/x", "headers": [],
+                "bodySize": {body_size}, "postData": {post_data}}},
+                "response": {{"status": 200, "headers": []}}}}"#
+        ))
+    }
+
+    fn body_of(s: &Suite) -> Vec<u8> {
+        s.exchanges[0].request.body.concat()
+    }
+
+    #[test]
+    fn a_body_without_a_charset_is_sent_as_the_latin1_bytes_it_was_recorded_from() {
+        // As mitmproxy 11 writes a binary upload: each byte one character U+0000..U+00FF.
+        let bytes: Vec<u8> = (0u8..75)
+            .map(|i| i.wrapping_mul(37).wrapping_add(128))
+            .collect();
+        let text: String = bytes.iter().map(|b| char::from(*b)).collect();
+        let pd = serde_json::json!({"mimeType": "application/octet-stream", "text": text});
+        let s = parse(Path::new("t.har"), &post(&pd.to_string(), 75)).unwrap();
+        assert_eq!(body_of(&s), bytes);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn json_without_a_charset_is_utf8() {
+        let s = parse(
+            Path::new("t.har"),
+            &post(
+                r#"{"mimeType": "application/json", "text": "{\"n\":\"café\"}"}"#,
+                -1,
+            ),
+        )
+        .unwrap();
+        assert_eq!(body_of(&s), "{\"n\":\"café\"}".as_bytes());
+    }
+
+    #[test]
+    fn a_utf8_charset_makes_the_text_utf8() {
+        let s = parse(
+            Path::new("t.har"),
+            &post(
+                r#"{"mimeType": "text/plain; charset=UTF-8", "text": "café"}"#,
+                -1,
+            ),
+        )
+        .unwrap();
+        assert_eq!(body_of(&s), "café".as_bytes());
+    }
+
+    #[test]
+    fn text_beyond_latin1_is_utf8() {
+        let s = parse(
+            Path::new("t.har"),
+            &post(r#"{"mimeType": "text/plain", "text": "€ and é"}"#, -1),
+        )
+        .unwrap();
+        assert_eq!(body_of(&s), "€ and é".as_bytes());
+    }
+
+    #[test]
+    fn the_recorded_body_size_decides_between_latin1_and_utf8() {
+        let pd = r#"{"mimeType": "text/plain", "text": "é"}"#;
+        let s = parse(Path::new("t.har"), &post(pd, 2)).unwrap();
+        assert_eq!(body_of(&s), "é".as_bytes());
+        let s = parse(Path::new("t.har"), &post(pd, 1)).unwrap();
+        assert_eq!(body_of(&s), vec![0xe9]);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn a_base64_body_is_decoded() {
+        let s = parse(
+            Path::new("t.har"),
+            &post(
+                r#"{"mimeType": "application/octet-stream", "text": "AAH/", "encoding": "base64"}"#,
+                3,
+            ),
+        )
+        .unwrap();
+        assert_eq!(body_of(&s), vec![0, 1, 255]);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_reproduced_exactly_is_named_with_its_entry() {
+        let warning = |pd: &str, size: i64| {
+            let s = parse(Path::new("t.har"), &post(pd, size)).unwrap();
+            assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+            let w = s.warnings[0].clone();
+            assert!(
+                w.starts_with(
+                    "log.entries[0].request.postData (POST /o/a/1/x): the request body cannot be \
+                     reproduced exactly: "
+                ),
+                "{w}"
+            );
+            w
+        };
+        assert!(
+            warning(r#"{"mimeType": "text/plain", "text": "a\ufffdb"}"#, -1).contains("U+FFFD")
+        );
+        assert!(warning(
+            r#"{"mimeType": "text/plain", "text": "abc", "encoding": "gzip"}"#,
+            -1
+        )
+        .contains("postData.encoding \"gzip\""));
+        assert!(warning(r#"{"mimeType": "text/plain", "text": "abc"}"#, 5)
+            .contains("bodySize is 5 bytes"));
+        assert!(warning(r#"{"mimeType": "text/plain", "text": "ü"}"#, 7)
+            .contains("bodySize is 7 bytes, the text gives 1"));
+        assert!(warning(
+            r#"{"mimeType": "text/plain; charset=shift_jis", "text": "ü"}"#,
+            -1
+        )
+        .contains("shift_jis"));
+        assert!(warning(r#"{"mimeType": "application/x-www-form-urlencoded", "params": [{"name": "a", "value": "1"}]}"#, -1)
+            .contains("rebuilt from postData.params"));
+    }
+
+    #[test]
+    fn a_compressed_request_body_is_sent_decoded_without_its_content_encoding() {
+        let s = parse(
+            Path::new("t.har"),
+            &har(
+                r#"{"request": {"method": "POST", "url": "http://gw/o/a/1/x",
+                  "headers": [{"name": "Content-Encoding", "value": "gzip"}],
+                  "postData": {"mimeType": "text/plain", "text": "abc"}},
+                "response": {"status": 200, "headers": []}}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(body_of(&s), b"abc");
+        assert!(s.exchanges[0].request.headers.is_empty());
+        assert!(
+            s.warnings[0].contains("Content-Encoding gzip"),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

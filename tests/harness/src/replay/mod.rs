@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::host::{CallStub, StreamInput, Upstream};
+use crate::host::{CallStub, CallTiming, StreamInput, Upstream};
 pub use expect::{BodyCheck, Expect, HeaderCheck};
 
 /// A problem with an input file, naming the file and where in it.
@@ -136,6 +136,13 @@ impl Exchange {
         if !self.request.trailers.is_empty() {
             return Err("has trailers, which the HTTP/1.1 client cannot send".into());
         }
+        if self.request.call_timing != CallTiming::Immediate {
+            return Err(
+                "chooses when call-outs are answered (callTiming), which only the native host \
+                 controls"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -188,12 +195,88 @@ impl Suite {
     }
 }
 
-/// Reads a file in any of the supported formats, recognised by content.
+/// The most a compressed input may expand to.
+const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// How a file's bytes are compressed, recognised by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    /// RFC 1952, `1f 8b` (`gzip traffic.har`).
+    Gzip,
+    /// RFC 1950 (mitmproxy's `.zhar`): a deflate header whose check bits make it a multiple
+    /// of 31.
+    Zlib,
+}
+
+fn compression(bytes: &[u8]) -> Option<Compression> {
+    match bytes {
+        [0x1f, 0x8b, ..] => Some(Compression::Gzip),
+        [cmf, flg, ..]
+            if cmf & 0x0f == 8
+                && cmf >> 4 <= 7
+                && (u16::from(*cmf) * 256 + u16::from(*flg)) % 31 == 0 =>
+        {
+            Some(Compression::Zlib)
+        }
+        _ => None,
+    }
+}
+
+/// The file's bytes, decompressed when it is a compressed HAR (`.zhar`, zlib or gzip).
+fn decompressed(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, InputError> {
+    use std::io::Read;
+    let Some(kind) = compression(&bytes) else {
+        return Ok(bytes);
+    };
+    let name = match kind {
+        Compression::Gzip => "gzip",
+        Compression::Zlib => "zlib",
+    };
+    let reader: Box<dyn Read> = match kind {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes.as_slice())),
+        Compression::Zlib => Box::new(flate2::read::ZlibDecoder::new(bytes.as_slice())),
+    };
+    let mut out = Vec::new();
+    reader
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            InputError::new(
+                path,
+                "",
+                format!("{name}-compressed (a compressed HAR?), but it does not decompress: {e}"),
+            )
+        })?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(InputError::new(
+            path,
+            "",
+            format!("{name}-compressed, and larger than 1 GiB once decompressed"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads a file in any of the supported formats, recognised by content; a compressed HAR
+/// (`.zhar`, zlib or gzip) is decompressed first.
 pub fn load(path: &Path) -> Result<Suite, InputError> {
     let bytes = std::fs::read(path)
         .map_err(|e| InputError::new(path, "", format!("cannot read the file: {e}")))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| InputError::new(path, "", format!("not UTF-8 text: {e}")))?;
+    let mut bytes = decompressed(path, bytes)?;
+    // A byte order mark (some Windows tools write one) is not part of the JSON.
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        InputError::new(
+            path,
+            "",
+            format!(
+                "not UTF-8 text ({e}): tollgate-replay reads JSON (fixtures, HAR 1.2, Envoy tap \
+                 traces) and zlib- or gzip-compressed HAR (.zhar)"
+            ),
+        )
+    })?;
     match sniff(&text) {
         Some(Format::Har) => har::parse(path, &text),
         Some(Format::Tap) => tap::parse(path, &text),

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
+use super::expect::one_line;
 use super::run::{Change, Outcome, SuiteRun, Verdict};
 
 /// Totals over every suite.
@@ -53,14 +54,42 @@ fn verdict_text(o: &Outcome) -> &'static str {
     }
 }
 
+/// One line of at most `width` characters: a report row never breaks.
 fn clip(s: &str, width: usize) -> String {
+    let s = one_line(s);
     if s.chars().count() <= width {
-        s.to_string()
+        s
     } else {
         let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
         t.push('…');
         t
     }
+}
+
+/// The width of a reason line under a table row.
+const REASON_WIDTH: usize = 160;
+
+/// The reasons under a table row: a failed check whose expectation and observation do not fit
+/// on one line (bodies, long headers) gets one line for each, so neither is cut off.
+fn table_reasons(o: &Outcome) -> Vec<String> {
+    if o.verdict != Verdict::Fail || o.change.is_some() {
+        return reasons(o);
+    }
+    let mut out = Vec::new();
+    for c in o.failures() {
+        let line = format!("{}: expected {}, got {}", c.what, c.expected, c.got);
+        if line.chars().count() <= REASON_WIDTH {
+            out.push(line);
+        } else {
+            out.push(format!("{}:", c.what));
+            out.push(format!("  expected {}", c.expected));
+            out.push(format!("  got      {}", c.got));
+        }
+    }
+    if let Some(n) = &o.observed.note {
+        out.push(n.clone());
+    }
+    out
 }
 
 /// Why an outcome failed or was skipped, one line per reason.
@@ -124,8 +153,8 @@ pub fn table(runs: &[SuiteRun], dry_run: bool, quiet: bool) -> String {
                 got_text(o),
             );
             if o.verdict != Verdict::Pass {
-                for r in reasons(o) {
-                    let _ = writeln!(s, "        {}", clip(&r, 160));
+                for r in table_reasons(o) {
+                    let _ = writeln!(s, "        {}", clip(&r, REASON_WIDTH));
                 }
                 for l in &o.logs {
                     let _ = writeln!(s, "        log {}", clip(l, 160));
@@ -141,14 +170,21 @@ pub fn table(runs: &[SuiteRun], dry_run: bool, quiet: bool) -> String {
         }
         s.push('\n');
     }
-    if dry_run {
-        let _ = writeln!(s, "{}", dry_run_line(runs));
-    }
-    let _ = writeln!(s, "{}", Totals::of(runs).line());
+    let _ = writeln!(s, "{}", summary_line(runs, dry_run));
     s
 }
 
-/// `N unchanged, M would change (A newly blocked, B newly allowed, C status changed)`.
+/// The last line of a report: `N passed, M failed`, or for a dry run what would change.
+pub fn summary_line(runs: &[SuiteRun], dry_run: bool) -> String {
+    if dry_run {
+        dry_run_line(runs)
+    } else {
+        Totals::of(runs).line()
+    }
+}
+
+/// `dry run: N unchanged, M would change (A newly blocked, B newly allowed, C status changed)`,
+/// then exchanges the recording has no status for and skipped ones, if any.
 pub fn dry_run_line(runs: &[SuiteRun]) -> String {
     let count = |c: Change| {
         runs.iter()
@@ -161,12 +197,21 @@ pub fn dry_run_line(runs: &[SuiteRun]) -> String {
         count(Change::NewlyAllowed),
         count(Change::StatusChanged),
     );
-    format!(
-        "{} unchanged, {} would change ({blocked} newly blocked, {allowed} newly allowed, \
-         {changed} status changed)",
-        count(Change::Unchanged) + count(Change::Unknown),
+    let mut line = format!(
+        "dry run: {} unchanged, {} would change ({blocked} newly blocked, {allowed} newly \
+         allowed, {changed} status changed)",
+        count(Change::Unchanged),
         blocked + allowed + changed
-    )
+    );
+    let unknown = count(Change::Unknown);
+    if unknown > 0 {
+        let _ = write!(line, ", {unknown} without a recorded status");
+    }
+    let skipped = Totals::of(runs).skipped;
+    if skipped > 0 {
+        let _ = write!(line, ", {skipped} skipped");
+    }
+    line
 }
 
 fn outcome_json(o: &Outcome) -> Value {

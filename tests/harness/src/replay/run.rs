@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::ReplayBackend;
-use super::expect::{check, holds, BackendSeen, Check, Observed};
+use super::expect::{check, describe_status, holds, BackendSeen, Check, Observed};
 use super::{is_gateway_reply, Exchange, GatewayConfig, Suite};
 use crate::host::{
     tollgate_init, BackendResponse, GuestInit, Host, HostError, HostSettings, Origin, StreamResult,
@@ -33,6 +33,9 @@ pub struct Options {
     pub route_timeout_ms: u64,
     /// The guest's `main!` block: tollgate's, or a probe filter's in tests of the host.
     pub init: GuestInit,
+    /// The live gateway's Envoy admin (`--admin`): with it, a live replay compares the
+    /// configuration the gateway runs with the suite's.
+    pub admin: Option<String>,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             verbose: false,
             route_timeout_ms: 30_000,
             init: tollgate_init,
+            admin: None,
         }
     }
 }
@@ -235,22 +239,7 @@ fn classify(ex: &Exchange, obs: &Observed) -> Change {
 
 /// `403 from the gateway (API not public.)`, for dry-run reports.
 fn decision(status: Option<u16>, by_gateway: Option<bool>, headers: &[(String, String)]) -> String {
-    let Some(status) = status.filter(|s| *s != 0) else {
-        return "(no response)".into();
-    };
-    let reason = headers
-        .iter()
-        .find(|(k, _)| {
-            k.eq_ignore_ascii_case("x-gateway-error")
-                || k.eq_ignore_ascii_case("x-policy-failure-message")
-        })
-        .map(|(_, v)| format!(" ({v})"))
-        .unwrap_or_default();
-    match by_gateway {
-        Some(true) => format!("{status} from the gateway{reason}"),
-        Some(false) => format!("{status} from the backend"),
-        None => status.to_string(),
-    }
+    describe_status(status.unwrap_or(0), by_gateway, headers)
 }
 
 /// Decides an exchange's verdict from its observation.
@@ -650,7 +639,157 @@ pub fn live(
         }
     }
     let elapsed = started.elapsed();
-    Ok(tally.into_run(suite, opts, elapsed, suite.warnings.clone(), addr))
+    let mut warnings = suite.warnings.clone();
+    if let Some(config) = opts.config.as_ref().or(suite.config.as_ref()) {
+        warnings.extend(configuration_warnings(
+            config,
+            &addr,
+            opts.admin.as_deref(),
+            suite,
+            &tally.outcomes,
+        ));
+    }
+    Ok(tally.into_run(suite, opts, elapsed, warnings, addr))
+}
+
+/// Whether the live gateway runs `config`, the configuration the exchanges were written for.
+/// With its admin address: the tollgate configurations in Envoy's `/config_dump` are compared
+/// with it. Without: an `API not found.` answer to a request for an API `config` defines shows
+/// that the gateway runs something else.
+fn configuration_warnings(
+    config: &GatewayConfig,
+    addr: &str,
+    admin: Option<&str>,
+    suite: &Suite,
+    outcomes: &[Outcome],
+) -> Vec<String> {
+    let expected: Option<serde_json::Value> = serde_json::from_slice(&config.plugin).ok();
+    if let Some(admin) = admin {
+        return match (live_configurations(admin), expected) {
+            (Ok(running), Some(expected)) if running.contains(&expected) => Vec::new(),
+            (Ok(running), _) if running.is_empty() => vec![format!(
+                "the Envoy at {admin} runs no tollgate filter: the answers from {addr} do not \
+                 show what {} does",
+                config.source
+            )],
+            (Ok(_), _) => vec![format!(
+                "the gateway at {addr} runs another configuration than {} (compared with \
+                 {admin}/config_dump): its answers show what its own configuration does",
+                config.source
+            )],
+            (Err(e), _) => vec![format!(
+                "cannot compare the gateway's configuration with {}: {e}",
+                config.source
+            )],
+        };
+    }
+    let Some(expected) = expected else {
+        return Vec::new();
+    };
+    let mut unknown: Vec<String> = Vec::new();
+    for o in outcomes.iter().filter(|o| o.round == 0) {
+        let not_found = o
+            .observed
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("x-gateway-error") && v == "API not found.");
+        let Some(ex) = suite.exchanges.get(o.index) else {
+            continue;
+        };
+        if let Some(api) = not_found.then(|| defined_api(&expected, ex)).flatten() {
+            if !unknown.contains(&api) {
+                unknown.push(api);
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "the gateway at {addr} answers \"API not found.\" for {}, which {} defines: it runs \
+         another configuration, so its answers do not show what this one does (--admin \
+         compares the two)",
+        unknown.join(", "),
+        config.source
+    )]
+}
+
+/// `org/api/version` of the API in a plugin configuration that an exchange's request names
+/// (by its path, or its path and `X-API-Version`), if the configuration defines it.
+fn defined_api(config: &serde_json::Value, ex: &Exchange) -> Option<String> {
+    let path = ex.request.path.split('?').next().unwrap_or("");
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let header_version = ex
+        .request
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-api-version"))
+        .map(|(_, v)| v.as_str());
+    config["apis"].as_array()?.iter().find_map(|api| {
+        let (org, id, version) = (
+            api["organizationId"].as_str()?,
+            api["apiId"].as_str()?,
+            api["version"].as_str()?,
+        );
+        let named = segments.first() == Some(&org)
+            && segments.get(1) == Some(&id)
+            && (segments.get(2) == Some(&version) || header_version == Some(version));
+        named.then(|| format!("{org}/{id}/{version}"))
+    })
+}
+
+/// The tollgate configurations an Envoy runs, from its admin's `/config_dump`: every wasm
+/// filter's `configuration` string, as JSON.
+pub fn live_configurations(admin: &str) -> Result<Vec<serde_json::Value>, String> {
+    let addr = target_address(admin).map_err(|e| e.replacen("--against", "--admin", 1))?;
+    let r = http_client::send(
+        &addr,
+        "GET",
+        "/config_dump",
+        &[],
+        b"",
+        Duration::from_secs(10),
+    )
+    .map_err(|e| format!("cannot read {admin}/config_dump: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("{admin}/config_dump answered {}", r.status));
+    }
+    let dump: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| format!("{admin}/config_dump is not JSON: {e}"))?;
+    let mut found = Vec::new();
+    collect_wasm_configurations(&dump, &mut found);
+    Ok(found)
+}
+
+fn collect_wasm_configurations(v: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let is_wasm = map
+                .get("@type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|t| t.ends_with("wasm.v3.Wasm"));
+            if is_wasm {
+                let text = map
+                    .get("config")
+                    .map(|c| &c["configuration"]["value"])
+                    .and_then(serde_json::Value::as_str);
+                if let Some(text) = text {
+                    if let Ok(config) = serde_json::from_str(text) {
+                        found.push(config);
+                    }
+                }
+            }
+            for child in map.values() {
+                collect_wasm_configurations(child, found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for child in items {
+                collect_wasm_configurations(child, found);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Every cluster a configuration may route to (for the replay backend of a live gateway).
