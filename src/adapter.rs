@@ -361,6 +361,9 @@ impl Host for WasmHost {
             _ => Err(SharedError::Failed),
         }
     }
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        abi::get_property(path)
+    }
 }
 
 fn init_logging() {

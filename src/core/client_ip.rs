@@ -62,7 +62,8 @@ impl TrustedProxies {
         !self.networks.is_empty() || self.hops > 0
     }
 
-    fn trusts(&self, ip: &IpAddr) -> bool {
+    /// Whether `ip` is one of the configured proxy networks.
+    pub fn trusts(&self, ip: &IpAddr) -> bool {
         // An IPv4 peer may be listed in its IPv4-mapped IPv6 form, and the other way round.
         let mapped = match normalize(*ip) {
             IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),

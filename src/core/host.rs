@@ -1,5 +1,5 @@
-//! What policies may ask of the host beyond the request itself: the clock, the downstream address
-//! and state shared across worker VMs. The proxy-wasm adapter implements this over host calls
+//! What policies may ask of the host beyond the request itself: the clock, the downstream address,
+//! other properties of the stream and state shared across worker VMs. The proxy-wasm adapter implements this over host calls
 //! (lazily, so a request that needs none of it makes no host call); `MemoryHost` implements it in
 //! memory for unit tests.
 
@@ -24,6 +24,12 @@ pub trait Host {
     /// Writes a shared value if its CAS token still matches (`cas == 0` writes unconditionally),
     /// with Envoy's semantics.
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
+    /// A property of the stream by its path (`["connection", "tls_version"]`), as the host
+    /// encodes it (strings raw). Each lookup is a host call (~15 µs in Envoy): policies ask only
+    /// when their configuration needs the answer, never on every request.
+    fn property(&mut self, _path: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// How often a read-modify-write of shared data is retried before giving up (Istio uses 20).
@@ -65,6 +71,8 @@ pub fn update_shared<T>(
 pub struct MemoryHost {
     pub now: SystemTime,
     pub downstream: Option<String>,
+    /// Stream properties by dotted path (`connection.tls_version`).
+    pub properties: HashMap<String, Vec<u8>>,
     shared: HashMap<String, (Vec<u8>, u32)>,
     /// Host calls made, by kind, so tests can assert that work is not done needlessly.
     pub calls: HostCalls,
@@ -76,6 +84,7 @@ pub struct HostCalls {
     pub downstream_address: usize,
     pub shared_get: usize,
     pub shared_set: usize,
+    pub property: usize,
 }
 
 impl Default for MemoryHost {
@@ -84,6 +93,7 @@ impl Default for MemoryHost {
             // 2026-01-01T00:00:00Z: a fixed, recognisable instant.
             now: UNIX_EPOCH + Duration::from_secs(1_767_225_600),
             downstream: Some("127.0.0.1:40000".to_string()),
+            properties: HashMap::new(),
             shared: HashMap::new(),
             calls: HostCalls::default(),
         }
@@ -131,6 +141,11 @@ impl Host for MemoryHost {
             }
         }
         Ok(())
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        self.calls.property += 1;
+        self.properties.get(&path.join(".")).cloned()
     }
 }
 

@@ -19,6 +19,7 @@ pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod registry;
+pub mod tz;
 
 use config::Env;
 use registry::Registry;
@@ -108,7 +109,14 @@ mod robustness {
           {"policy": "simple-header", "config": {"addHeaders": [{"headerName": "x-c", "headerValue": "User-Agent", "valueType": "Header", "applyTo": "Both"}],
              "stripHeaders": [{"stripType": "Value", "with": "Regex", "pattern": ".*secret.*", "applyTo": "Both"}]}},
           {"policy": "http-security", "config": {"frameOptions": "DENY"}},
-          {"policy": "api-key", "config": {}}]}],
+          {"policy": "api-key", "config": {}}]},
+        {"organizationId": "o", "apiId": "auth", "version": "1", "publicAPI": true, "endpoint": "http://h:1/p",
+        "apiPolicies": [
+          {"policy": "time-restricted-access", "config": {"rules": [{"pathPattern": "/n.*", "timeStart": "22:00", "timeEnd": "06:00", "dayStart": 6, "dayEnd": 1, "timeZone": "Europe/Berlin"}]}},
+          {"policy": "basic-auth", "config": {"requireBasicAuth": false, "forwardIdentityHttpHeader": "x-user",
+             "staticIdentity": {"identities": [{"username": "a", "password": "b", "roles": ["r"]}]}}},
+          {"policy": "soap-authorization", "config": {"rules": [{"action": "\"*\"", "role": "r"}], "requestUnmatched": "pass"}},
+          {"policy": "authorization", "config": {"rules": [{"verb": "*", "pathPattern": "/a.*", "role": "r"}], "multiMatch": "any", "requestUnmatched": "pass"}}]}],
       "clients": [{"organizationId": "o", "clientId": "c", "version": "1", "apiKey": "k",
         "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "policies": []}]}]}"#;
 
@@ -156,10 +164,23 @@ mod robustness {
             "accept",
             "host",
             ":authority",
+            "authorization",
+            "soapaction",
+            "content-type",
+            "x-forwarded-proto",
         ];
         for _ in 0..5000 {
             let method = rng.pick(&["GET", "OPTIONS", "POST", "", "gEt"]).to_string();
-            let prefix = rng.pick(&["/o/a/1", "/o/a", "", "/o/a/1/", "//", "/o/a/1/x"]);
+            let prefix = rng.pick(&[
+                "/o/a/1",
+                "/o/a",
+                "",
+                "/o/a/1/",
+                "//",
+                "/o/a/1/x",
+                "/o/auth/1/",
+                "/o/auth/1/n",
+            ]);
             let len = (rng.next() % 12) as usize;
             let path = format!("{prefix}{}", rng.text(len));
             let mut pairs = vec![
@@ -168,7 +189,12 @@ mod robustness {
             ];
             for _ in 0..(rng.next() % 6) {
                 let len = (rng.next() % 10) as usize;
-                pairs.push((rng.pick(&names).to_string(), rng.text(len)));
+                let value =
+                    match rng.pick(&["", "Basic ", "basic YTpi", "application/soap+xml;action="]) {
+                        "basic YTpi" => "basic YTpi".to_string(),
+                        start => format!("{start}{}", rng.text(len)),
+                    };
+                pairs.push((rng.pick(&names).to_string(), value));
             }
             let _ = method;
             let headers = HeaderMap::from_pairs(pairs);

@@ -9,6 +9,8 @@
 //! (summary and fields, from which the README's reference is generated) and its `build`.
 
 pub mod api_key;
+pub mod authorization;
+pub mod basic_auth;
 pub mod cors;
 pub mod docs;
 pub mod ext_authz;
@@ -18,7 +20,11 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 pub mod ip_list;
+mod role_rules;
 pub mod simple_header;
+pub mod soap_authorization;
+pub mod time_restricted;
+pub mod transport;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -272,6 +278,8 @@ pub trait Policy {
 pub struct RequestState {
     now: Option<SystemTime>,
     downstream: Option<Option<IpAddr>>,
+    /// Whether the request came over TLS, once a policy asked (see `transport`).
+    transport_secure: Option<bool>,
     /// Headers added to the response that goes back, be it the backend's or a local reply
     /// (CORS and rate-limit headers appear on failures too, as in Apiman).
     pub response_headers: Vec<(String, String)>,
@@ -518,6 +526,10 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    basic_auth::KIND,
+    authorization::KIND,
+    soap_authorization::KIND,
+    time_restricted::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -531,25 +543,6 @@ pub struct PlannedKind {
 
 pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
     PlannedKind {
-        id: "basic-auth",
-        apiman_names: &[
-            "BASICAuthenticationPolicy",
-            "basic-auth",
-            "BasicAuthenticationPolicy",
-        ],
-        name: "BASIC Authentication",
-    },
-    PlannedKind {
-        id: "authorization",
-        apiman_names: &["AuthorizationPolicy", "authorization"],
-        name: "Authorization",
-    },
-    PlannedKind {
-        id: "soap-authorization",
-        apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
-        name: "SOAP Authorization",
-    },
-    PlannedKind {
         id: "jwt",
         apiman_names: &["jwt-policy", "JWTPolicy"],
         name: "JWT",
@@ -558,11 +551,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "keycloak-oauth",
         apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
         name: "Keycloak OAuth",
-    },
-    PlannedKind {
-        id: "time-restricted-access",
-        apiman_names: &["TimeRestrictedAccessPolicy", "time-restricted-access"],
-        name: "Time Restricted Access",
     },
     PlannedKind {
         id: "rate-limiting",

@@ -30,6 +30,7 @@ pub const TOP: &[&str] = &[
 pub const EXCHANGE: &[&str] = &[
     "name",
     "at",
+    "timed",
     "worker",
     "source",
     "properties",
@@ -308,6 +309,7 @@ fn exchange(v: &Value, at: &str) -> Result<Exchange, Problem> {
         response,
         expect,
         skip: None,
+        timed: o.bool("timed")?.unwrap_or(false),
     })
 }
 
@@ -416,6 +418,19 @@ mod tests {
     fn malformed_json_names_the_line() {
         let e = parse_str("{\n \"exchanges\": [,]\n}").unwrap_err();
         assert!(e.at.starts_with("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_timed_exchange_is_not_reproduced_by_a_live_gateway() {
+        let s = parse_str(
+            r#"{"config": {"apis": []}, "exchanges": [
+                {"request": {"path": "/a"}, "expect": {"status": 404}},
+                {"timed": true, "request": {"path": "/a"}, "expect": {"status": 404}}]}"#,
+        )
+        .unwrap();
+        assert!(s.exchanges[0].live_reproducible().is_ok());
+        let why = s.exchanges[1].live_reproducible().unwrap_err();
+        assert!(why.contains("virtual clock"), "{why}");
     }
 
     #[test]

@@ -367,6 +367,7 @@ fn entry(v: &Value, at: &str, warnings: &mut Vec<String>) -> Result<Exchange, Pr
         recorded_by_gateway: by_gateway,
         expect,
         skip,
+        timed: false,
     })
 }
 

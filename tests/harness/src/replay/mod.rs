@@ -101,6 +101,9 @@ pub struct Exchange {
     pub expect: Expect,
     /// Why this exchange cannot be replayed, if so (e.g. a browser-aborted request).
     pub skip: Option<String>,
+    /// Its outcome depends on the virtual clock (a time window, say): a live gateway runs on the
+    /// real clock and cannot reproduce it.
+    pub timed: bool,
 }
 
 impl Exchange {
@@ -113,9 +116,12 @@ impl Exchange {
         }
     }
 
-    /// Whether a live Envoy can reproduce this exchange: it always sees 127.0.0.1 as the peer
-    /// and sets properties itself.
+    /// Whether a live Envoy can reproduce this exchange: it always sees 127.0.0.1 as the peer,
+    /// sets properties itself and runs on the real clock.
     pub fn live_reproducible(&self) -> Result<(), String> {
+        if self.timed {
+            return Err("depends on the virtual clock, a live gateway runs on the real one".into());
+        }
         let loopback = tollgate_core::client_ip::parse_socket_address(&self.request.source)
             .is_some_and(|ip| ip.is_loopback());
         if !loopback {

@@ -332,6 +332,7 @@ fn exchange(t: Trace) -> Result<Exchange, Problem> {
         recorded_by_gateway: false,
         expect: Expect::default(),
         skip: None,
+        timed: false,
     };
     let Some(mut headers) = t.response_headers else {
         ex.skip = Some("the trace has no response".into());
