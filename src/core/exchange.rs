@@ -9,7 +9,9 @@ use crate::errors::{self, GatewayError};
 use crate::host::Host;
 use crate::http::{query_param, query_without, split_query, HeaderMap, HeaderOp, LocalReply};
 use crate::http::{Request, Response};
-use crate::policy::{Body, CallOut, CallResponse, Context, Phase, RequestState, Subject, Verdict};
+use crate::policy::{
+    BackendResponse, Body, CallOut, CallResponse, Context, Phase, RequestState, Subject, Verdict,
+};
 use crate::registry::Registry;
 
 /// What the host should do next.
@@ -335,7 +337,8 @@ impl Exchange {
         self.state.api_key = key;
         self.chain = chain;
         let verdict = self.run(Phase::RequestHeaders, host);
-        self.conclude(Phase::RequestHeaders, verdict)
+        let step = self.conclude(Phase::RequestHeaders, verdict);
+        self.serve_when_passed(Phase::RequestHeaders, step, host)
     }
 
     /// Runs `phase` over the chain with the view it works on.
@@ -440,7 +443,8 @@ impl Exchange {
                 data: pending.data,
             });
         }
-        self.conclude(phase, verdict)
+        let step = self.conclude(phase, verdict);
+        self.serve_when_passed(phase, step, host)
     }
 
     /// Turns a phase's verdict into a step: failures become Apiman's failure reply; the request
@@ -452,7 +456,7 @@ impl Exchange {
                 self.gateway_error(GatewayError::ApiNotPublic)
             }
             Verdict::Continue => {
-                if phase == Phase::RequestHeaders {
+                if phase == Phase::RequestHeaders && self.state.served.is_none() {
                     self.route();
                 }
                 Step::Continue
@@ -469,6 +473,75 @@ impl Exchange {
             }
             Verdict::Error(error) => self.gateway_error(error),
             Verdict::Reply(reply) => self.reply(reply),
+        }
+    }
+
+    /// A request a policy has a response for (a cache hit) is answered with it once it has passed
+    /// the request chain: after the request headers, or after its body when a policy reads that.
+    fn serve_when_passed(&mut self, phase: Phase, step: Step, host: &mut dyn Host) -> Step {
+        let passed = match phase {
+            Phase::RequestHeaders => !self.needs(Phase::RequestBody),
+            Phase::RequestBody => true,
+            _ => false,
+        };
+        if step != Step::Continue || !passed || self.state.served.is_none() {
+            return step;
+        }
+        self.serve(host)
+    }
+
+    /// Answers with the served response after running every policy's response phases on it,
+    /// as on a backend's response (a refusal there answers instead).
+    fn serve(&mut self, host: &mut dyn Host) -> Step {
+        let Some(served) = self.state.served.take() else {
+            return Step::Continue;
+        };
+        let mut pairs = vec![(":status".to_string(), served.status.to_string())];
+        pairs.extend(served.headers);
+        self.response = Response {
+            status: served.status,
+            headers: HeaderMap::from_pairs(pairs),
+        };
+        self.state.status = Some(served.status);
+        self.decorate_response(true);
+        let mut verdict = Verdict::Continue;
+        if self.chain.needs(Phase::ResponseHeaders) {
+            verdict = self.run(Phase::ResponseHeaders, host);
+        }
+        if matches!(verdict, Verdict::Continue) && self.chain.needs(Phase::ResponseData) {
+            verdict = self.run_with(Phase::ResponseData, (served.body.len(), true), host);
+        }
+        let mut body = served.body;
+        if matches!(verdict, Verdict::Continue) && self.needs(Phase::ResponseBody) {
+            self.held_body = Some(Body::new(body.clone()));
+            verdict = self.run(Phase::ResponseBody, host);
+            if let Some(changed) = self.changed_body.take() {
+                body = changed;
+            }
+        }
+        self.response.headers.take_ops();
+        match verdict {
+            Verdict::Continue => {
+                let headers = std::mem::take(&mut self.response.headers)
+                    .into_pairs()
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with(':') && k != "content-length")
+                    .collect();
+                let status = self.response.status;
+                self.reply(LocalReply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            // Nothing can be waited for here: the stream is answered from this callback.
+            Verdict::CallOut(call) => {
+                self.pending = None;
+                self.gateway_error(GatewayError::CallOutFailed {
+                    cluster: call.cluster,
+                })
+            }
+            other => self.conclude(Phase::ResponseHeaders, other),
         }
     }
 
@@ -506,8 +579,60 @@ impl Exchange {
                         || self.chain.needs(Phase::ResponseBody)
                         || !self.state.response_headers.is_empty())
             }
+            Phase::RequestBody | Phase::ResponseBody => !self.replied && self.wants_body(phase),
             other => !self.replied && self.chain.needs(other),
         }
+    }
+
+    /// Whether a policy of the chain reads `phase`'s whole body in this request.
+    fn wants_body(&self, phase: Phase) -> bool {
+        self.chain.needs(phase)
+            && self
+                .chain
+                .policies()
+                .iter()
+                .enumerate()
+                .any(|(i, p)| p.phases().contains(phase) && !self.state.skips_body(i, phase))
+    }
+
+    /// How large `phase`'s body may grow before it is passed on without its body phase: the
+    /// largest limit of the policies waiting for it (`None` when one of them has none, or none
+    /// waits for it).
+    pub fn body_limit(&self, phase: Phase) -> Option<usize> {
+        let mut limit = None;
+        for (i, p) in self.chain.policies().iter().enumerate() {
+            if p.phases().contains(phase) && !self.state.skips_body(i, phase) {
+                limit = Some(limit.unwrap_or(0).max(p.body_limit()?));
+            }
+        }
+        limit
+    }
+
+    /// `phase`'s body grew past `body_limit`: it is passed on as it is, without its body phase.
+    pub fn body_too_large(&mut self, phase: Phase, size: usize) {
+        let limit = self.body_limit(phase).unwrap_or(0);
+        let mut skipped = Vec::new();
+        for (i, p) in self.chain.policies().iter().enumerate() {
+            if p.phases().contains(phase) && !self.state.skips_body(i, phase) {
+                self.state.skip_body(i, phase);
+                skipped.push(p.id());
+            }
+        }
+        let what = if phase.is_request() {
+            "request"
+        } else {
+            "response"
+        };
+        log::info!(
+            "tollgate: the {what} body is larger than {limit} bytes ({size}): passed on unchanged, without {}",
+            skipped.join(", ")
+        );
+    }
+
+    /// Whether the response must be looked at for Envoy's own upstream failures: a request the
+    /// gateway routed to a backend (a 5xx status then costs one more host call, for its cause).
+    pub fn watches_upstream_errors(&self) -> bool {
+        !self.replied && self.api.is_some()
     }
 
     /// Whether response-phase policies look at the response headers. When only headers are to be
@@ -534,11 +659,12 @@ impl Exchange {
     /// The whole request body (only when `needs(RequestBody)`).
     pub fn on_request_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
         if !self.needs(Phase::RequestBody) {
-            return Step::Continue;
+            return self.serve_when_passed(Phase::RequestBody, Step::Continue, host);
         }
         self.held_body = Some(body);
         let verdict = self.run(Phase::RequestBody, host);
-        self.conclude(Phase::RequestBody, verdict)
+        let step = self.conclude(Phase::RequestBody, verdict);
+        self.serve_when_passed(Phase::RequestBody, step, host)
     }
 
     /// Adds the headers policies asked for, then runs the response chain in reverse. When
@@ -549,6 +675,29 @@ impl Exchange {
             .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        // Envoy's own failure (timeout, unreachable backend, unknown cluster) becomes the
+        // gateway's error, whatever Envoy's `local_reply_config` (one that already made it the
+        // gateway's error leaves `x-gateway-error`).
+        if status >= 500 && self.watches_upstream_errors() && !headers.contains("x-gateway-error") {
+            let error = host
+                .response_code_details()
+                .and_then(|d| GatewayError::from_envoy_details(&d));
+            if let Some(error) = error {
+                self.state.status = Some(error.status());
+                return self.gateway_error(error);
+            }
+        }
+        if self.state.keeps_backend_response() {
+            self.state.backend = Some(BackendResponse {
+                status,
+                headers: headers
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(':'))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: None,
+            });
+        }
         self.response = Response { status, headers };
         if status != 0 {
             self.state.status = Some(status);
@@ -557,6 +706,28 @@ impl Exchange {
             return Step::Continue;
         }
         let read = self.reads_response_headers();
+        self.decorate_response(read);
+        if self.chain.needs(Phase::ResponseHeaders) {
+            let verdict = self.run(Phase::ResponseHeaders, host);
+            let step = self.conclude(Phase::ResponseHeaders, verdict);
+            if step != Step::Continue {
+                return step;
+            }
+        }
+        // A body announced larger than its policies read is not held for them at all.
+        let length = self.response.headers.get("content-length");
+        let length = length.and_then(|l| l.trim().parse::<usize>().ok());
+        if let (Some(length), Some(limit)) = (length, self.body_limit(Phase::ResponseBody)) {
+            if length > limit && self.needs(Phase::ResponseBody) {
+                self.body_too_large(Phase::ResponseBody, length);
+            }
+        }
+        Step::Continue
+    }
+
+    /// Adds the headers policies asked for to the response. When its headers were not read
+    /// (`read` false), `Vary` is added as a header line of its own rather than merged.
+    fn decorate_response(&mut self, read: bool) {
         for (name, value) in &self.state.response_headers {
             if !name.eq_ignore_ascii_case("vary") {
                 self.response.headers.set(name, value);
@@ -566,11 +737,6 @@ impl Exchange {
                 self.response.headers.add(name, value);
             }
         }
-        if !self.chain.needs(Phase::ResponseHeaders) {
-            return Step::Continue;
-        }
-        let verdict = self.run(Phase::ResponseHeaders, host);
-        self.conclude(Phase::ResponseHeaders, verdict)
     }
 
     /// Response body bytes streaming past (only when `needs(ResponseData)`).
@@ -591,6 +757,9 @@ impl Exchange {
     pub fn on_response_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
         if !self.needs(Phase::ResponseBody) {
             return Step::Continue;
+        }
+        if let Some(backend) = self.state.backend.as_mut() {
+            backend.body = Some(body.bytes.clone());
         }
         self.held_body = Some(body);
         let verdict = self.run(Phase::ResponseBody, host);
@@ -1071,6 +1240,63 @@ mod tests {
         assert_eq!(reply(step).status, 403);
         assert_eq!(host.calls.downstream_address, 0);
         assert_eq!(ex.request().headers.get("x-tollgate-client-address"), None);
+    }
+
+    /// Runs a public request, then hands the exchange a response Envoy or the backend made.
+    fn upstream_answer(status: u16, headers: &[(&str, &str)], details: &str) -> (Step, MemoryHost) {
+        let mut req = request("GET", "/Org/echo/1.0/x", &[]);
+        let (mut ex, _) = run(config(), &mut req, "1.2.3.4:1");
+        let mut pairs = vec![(":status".to_string(), status.to_string())];
+        pairs.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut host = MemoryHost::default();
+        host.code_details = Some(details.to_string());
+        let step = ex.on_response_headers(HeaderMap::from_pairs(pairs), &mut host);
+        (step, host)
+    }
+
+    #[test]
+    fn an_envoy_timeout_becomes_the_gateways_504_json_error() {
+        let (step, _) = upstream_answer(504, &[("content-type", "text/plain")], "response_timeout");
+        let r = reply(step);
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("x-gateway-error"), Some("API backend timed out."));
+        assert_eq!(
+            body(&r),
+            json!({"responseCode": 504, "message": "API backend timed out."})
+        );
+    }
+
+    #[test]
+    fn an_unknown_cluster_becomes_the_gateways_503() {
+        let (step, _) = upstream_answer(503, &[], "cluster_not_found");
+        assert_eq!(
+            reply(step).header("x-gateway-error"),
+            Some("API backend cluster not found.")
+        );
+    }
+
+    #[test]
+    fn an_upstream_error_envoy_already_mapped_is_left_alone() {
+        let (step, host) = upstream_answer(
+            503,
+            &[("x-gateway-error", "API backend unavailable.")],
+            "upstream_reset_before_response_started{connection_failure}",
+        );
+        assert_eq!(step, Step::Continue);
+        assert_eq!(host.calls.code_details, 0);
+    }
+
+    #[test]
+    fn a_backends_own_5xx_is_passed_on() {
+        let (step, _) = upstream_answer(503, &[("retry-after", "5")], "via_upstream");
+        assert_eq!(step, Step::Continue);
+    }
+
+    #[test]
+    fn a_successful_response_asks_nothing_about_its_cause() {
+        let (step, host) = upstream_answer(200, &[], "via_upstream");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(host.calls.code_details, 0);
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub trait Host {
     /// Writes a shared value if its CAS token still matches (`cas == 0` writes unconditionally),
     /// with Envoy's semantics.
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
+    /// Why the response has the status it has (Envoy's `response.code_details`): `via_upstream`
+    /// for the backend's own answer, else what Envoy answered for (`response_timeout`,
+    /// `cluster_not_found`, `upstream_reset_before_response_started{...}`, ...). `None` where
+    /// the host cannot tell.
+    fn response_code_details(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// How often a read-modify-write of shared data is retried before giving up (Istio uses 20).
@@ -65,6 +72,8 @@ pub fn update_shared<T>(
 pub struct MemoryHost {
     pub now: SystemTime,
     pub downstream: Option<String>,
+    /// What `response_code_details` answers.
+    pub code_details: Option<String>,
     shared: HashMap<String, (Vec<u8>, u32)>,
     /// Host calls made, by kind, so tests can assert that work is not done needlessly.
     pub calls: HostCalls,
@@ -76,6 +85,7 @@ pub struct HostCalls {
     pub downstream_address: usize,
     pub shared_get: usize,
     pub shared_set: usize,
+    pub code_details: usize,
 }
 
 impl Default for MemoryHost {
@@ -84,6 +94,7 @@ impl Default for MemoryHost {
             // 2026-01-01T00:00:00Z: a fixed, recognisable instant.
             now: UNIX_EPOCH + Duration::from_secs(1_767_225_600),
             downstream: Some("127.0.0.1:40000".to_string()),
+            code_details: None,
             shared: HashMap::new(),
             calls: HostCalls::default(),
         }
@@ -131,6 +142,11 @@ impl Host for MemoryHost {
             }
         }
         Ok(())
+    }
+
+    fn response_code_details(&mut self) -> Option<String> {
+        self.calls.code_details += 1;
+        self.code_details.clone()
     }
 }
 

@@ -98,6 +98,9 @@ pub struct BackendResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     Respond(BackendResponse),
+    /// The backend answers after this long (virtual time natively); the router gives up first
+    /// when its timeout is shorter.
+    Slow(std::time::Duration, BackendResponse),
     /// The backend closes the connection without answering.
     Reset,
 }
@@ -170,9 +173,19 @@ enum Flow {
     Reset,
 }
 
-/// Messages of the gateway's `local_reply_config` mappers (`envoy/gateway.yaml`).
-const NO_CLUSTER: &str = "API backend cluster not found.";
-const UNAVAILABLE: &str = "API backend unavailable.";
+/// Messages of the gateway's `local_reply_config` mappers (`envoy/gateway.yaml`), Envoy's own
+/// bodies without them, and the `response.code_details` Envoy gives (verified on Envoy 1.40).
+const NO_CLUSTER: (&str, &str, &str) = ("API backend cluster not found.", "", "cluster_not_found");
+const UNAVAILABLE: (&str, &str, &str) = (
+    "API backend unavailable.",
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    "upstream_reset_before_response_started{connection_termination}",
+);
+const TIMED_OUT: (&str, &str, &str) = (
+    "API backend timed out.",
+    "upstream request timeout",
+    "response_timeout",
+);
 
 struct Run {
     id: u32,
@@ -497,7 +510,7 @@ impl Run {
             .unwrap_or("")
             .to_string();
         if !self.settings.knows_route_cluster(&cluster) {
-            return self.reply_through_filter(envoy_error(503, NO_CLUSTER), Origin::Envoy);
+            return self.envoy_reply(503, NO_CLUSTER);
         }
         state(|s| {
             s.properties.insert(
@@ -510,10 +523,14 @@ impl Run {
         if let Some(name) = &self.settings.client_address_header {
             headers.remove(name);
         }
-        headers.add(
-            "x-envoy-expected-rq-timeout-ms",
-            &self.settings.route_timeout_ms.to_string(),
-        );
+        // The router takes its timeout from x-envoy-upstream-rq-timeout-ms (which it consumes),
+        // else the route's, and tells the backend (verified on Envoy 1.40).
+        let timeout_ms = headers
+            .get("x-envoy-upstream-rq-timeout-ms")
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(self.settings.route_timeout_ms);
+        headers.remove("x-envoy-upstream-rq-timeout-ms");
+        headers.add("x-envoy-expected-rq-timeout-ms", &timeout_ms.to_string());
         let request = UpstreamRequest {
             cluster,
             headers: headers.pairs().to_vec(),
@@ -521,11 +538,18 @@ impl Run {
             trailers,
         };
         let answer = backend(&request);
+        let timeout = std::time::Duration::from_millis(timeout_ms);
         let mut result = match answer {
             Upstream::Respond(r) => self.response(r),
-            Upstream::Reset => {
-                self.reply_through_filter(envoy_error(503, UNAVAILABLE), Origin::Envoy)
+            Upstream::Slow(delay, _) if timeout_ms > 0 && delay >= timeout => {
+                abi::with_vm(|vm| vm.clock.advance(timeout));
+                self.envoy_reply(504, TIMED_OUT)
             }
+            Upstream::Slow(delay, r) => {
+                abi::with_vm(|vm| vm.clock.advance(delay));
+                self.response(r)
+            }
+            Upstream::Reset => self.envoy_reply(503, UNAVAILABLE),
         };
         result.upstream = Some(request);
         result
@@ -555,6 +579,10 @@ impl Run {
             s.properties.insert(
                 "response.code".into(),
                 PropertyValue::Int(i64::from(r.status)).encode(),
+            );
+            s.properties.insert(
+                "response.code_details".into(),
+                PropertyValue::Str("via_upstream".into()).encode(),
             );
             s.response_headers = h;
             s.response_headers_open = true;
@@ -678,8 +706,40 @@ impl Run {
         })
     }
 
+    /// One of Envoy's own replies (the router's), with its `response.code_details`, as the
+    /// gateway's `local_reply_config` rewrites it (or as Envoy sends it without one).
+    fn envoy_reply(
+        &mut self,
+        status: u16,
+        (message, raw, details): (&str, &str, &str),
+    ) -> StreamResult {
+        state(|s| {
+            s.properties.insert(
+                "response.code".into(),
+                PropertyValue::Int(i64::from(status)).encode(),
+            );
+            s.properties.insert(
+                "response.code_details".into(),
+                PropertyValue::Str(details.into()).encode(),
+            );
+        });
+        let reply = if self.settings.local_reply_mapping {
+            envoy_error(status, message)
+        } else {
+            LocalReplyRequest {
+                status,
+                details: details.to_string(),
+                headers: Vec::new(),
+                body: raw.as_bytes().to_vec(),
+            }
+        };
+        self.reply_through_filter(reply, Origin::Envoy)
+    }
+
     /// A reply made before the response started (the filter's or Envoy's own) goes through the
-    /// filter's response callbacks like a backend response (verified on Envoy 1.40).
+    /// filter's response callbacks like a backend response (verified on Envoy 1.40). The filter
+    /// may replace one of Envoy's own replies with a reply of its own from its response headers
+    /// (verified on Envoy 1.40); a reply while its own reply passes is ignored.
     fn reply_through_filter(&mut self, reply: LocalReplyRequest, origin: Origin) -> StreamResult {
         let headers = local_reply_headers(&reply);
         let body = reply.body;
@@ -690,10 +750,17 @@ impl Run {
             s.response_headers = headers;
             s.response_headers_open = true;
         });
-        // A reply while replying is ignored, as Envoy does.
-        let _ = self.call(true, |id| unsafe {
+        let flow = self.call(true, |id| unsafe {
             guest::proxy_on_response_headers(id, n, eos)
         });
+        if let (Flow::Reply(replaced), Origin::Envoy) = (flow, origin) {
+            return final_response(
+                local_reply_headers(&replaced),
+                replaced.body,
+                Origin::Filter,
+                Some(replaced.details),
+            );
+        }
         let mut out_body = body.clone();
         if !body.is_empty() {
             let size = state(|s| {
