@@ -83,6 +83,9 @@ pub struct Render<'a> {
     pub listener: (&'a str, u16),
     pub wasm: &'a str,
     pub route_timeout_ms: u64,
+    /// Map Envoy's own errors to the gateway's JSON errors in Envoy too (`local_reply_config`).
+    /// tollgate maps them itself as well; tests turn this off to show it does.
+    pub local_reply_config: bool,
     pub cluster_header: &'a str,
     /// `gateway.clientAddressHeader`: Envoy must overwrite it, or clients could forge it.
     pub client_address_header: Option<&'a str>,
@@ -168,6 +171,30 @@ fn is_ip(s: &str) -> bool {
     s.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Envoy's own errors (unknown cluster, backend unreachable, timeout) as the gateway's JSON
+/// errors, for requests tollgate did not see through (tollgate maps them too).
+const LOCAL_REPLY_CONFIG: &str = r#"          local_reply_config:
+            mappers:
+            - filter: {response_flag_filter: {flags: [NC]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend cluster not found."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}
+                content_type: application/json
+            - filter: {response_flag_filter: {flags: [UF, UH, URX, UC, UO, DF]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend unavailable."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}
+                content_type: application/json
+            - filter: {response_flag_filter: {flags: [UT]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend timed out."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}
+                content_type: application/json
+"#;
+
 /// The Envoy bootstrap.
 pub fn bootstrap_yaml(r: &Render) -> String {
     let mut out = header(r.source);
@@ -240,27 +267,7 @@ static_resources:
                   cluster_not_found_response_code: SERVICE_UNAVAILABLE
                   timeout: {rt}
                 request_headers_to_remove: [{removed}]
-          local_reply_config:
-            mappers:
-            - filter: {{response_flag_filter: {{flags: [NC]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend cluster not found."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend unavailable."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UT]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend timed out."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
-                content_type: application/json
-          http_filters:
+{local_reply}          http_filters:
           # Traffic recording for tollgate-replay, off until the admin /tap endpoint asks for
           # it (config_id tollgate).
           - name: envoy.filters.http.tap
@@ -297,6 +304,11 @@ static_resources:
         ncl = q(r.node.1),
         ch = r.cluster_header,
         rt = envoy_duration(r.route_timeout_ms),
+        local_reply = if r.local_reply_config {
+            LOCAL_REPLY_CONFIG
+        } else {
+            ""
+        },
         wasm = q(r.wasm),
     );
     if r.clusters.is_empty() && r.extra_clusters.is_empty() {

@@ -19,6 +19,7 @@ pub mod ip_allowlist;
 pub mod ip_blocklist;
 mod ip_list;
 pub mod simple_header;
+pub mod timeout;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -565,6 +566,7 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    timeout::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -630,11 +632,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "caching-resources",
         apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
         name: "Caching Resources",
-    },
-    PlannedKind {
-        id: "timeout",
-        apiman_names: &["timeout-policy", "TimeoutPolicy"],
-        name: "Timeout",
     },
     PlannedKind {
         id: "jsonp",
