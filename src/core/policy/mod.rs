@@ -18,6 +18,7 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 mod ip_list;
+pub mod jsonp;
 pub mod simple_header;
 pub mod timeout;
 
@@ -567,6 +568,7 @@ pub const KINDS: &[PolicyKind] = &[
     cors::KIND,
     ext_authz::KIND,
     timeout::KIND,
+    jsonp::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -632,11 +634,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "caching-resources",
         apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
         name: "Caching Resources",
-    },
-    PlannedKind {
-        id: "jsonp",
-        apiman_names: &["jsonp-policy", "JsonpPolicy"],
-        name: "JSONP",
     },
     PlannedKind {
         id: "url-rewriting",
