@@ -21,6 +21,7 @@ mod ip_list;
 pub mod jsonp;
 pub mod simple_header;
 pub mod timeout;
+pub mod url_rewriting;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -569,6 +570,7 @@ pub const KINDS: &[PolicyKind] = &[
     ext_authz::KIND,
     timeout::KIND,
     jsonp::KIND,
+    url_rewriting::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -634,11 +636,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "caching-resources",
         apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
         name: "Caching Resources",
-    },
-    PlannedKind {
-        id: "url-rewriting",
-        apiman_names: &["URLRewritingPolicy", "url-rewriting"],
-        name: "URL Rewriting",
     },
 ];
 
