@@ -1242,6 +1242,148 @@ mod tests {
         assert_eq!(ex.request().headers.get("x-tollgate-client-address"), None);
     }
 
+    fn cached(before: Value, after: Value) -> Value {
+        let mut c = config();
+        let cache = json!({"policy": "caching-resources", "config": {"ttl": 60,
+            "cachingResourcesSettingsEntries": [{"httpMethod": "GET", "pathPattern": "*", "statusCode": "200"}]}});
+        let mut policies = before.as_array().cloned().unwrap_or_default();
+        policies.push(cache);
+        policies.extend(after.as_array().cloned().unwrap_or_default());
+        c["apis"][0]["apiPolicies"] = Value::Array(policies);
+        c
+    }
+
+    /// One request through a shared host: the backend (if reached) answers 200 with `x-b: 1`
+    /// and `{"n":1}`. Returns the exchange's first step and what the client got.
+    fn through(
+        registry: &Rc<Registry>,
+        host: &mut MemoryHost,
+        headers: &[(&str, &str)],
+        from: &str,
+    ) -> (Step, Response, Option<Vec<u8>>) {
+        let mut ex = Exchange::new(registry.clone());
+        host.downstream = Some(from.to_string());
+        let step =
+            ex.on_request_headers(request("GET", "/Org/echo/1.0/items", headers).headers, host);
+        if step != Step::Continue {
+            return (step, Response::default(), None);
+        }
+        let response = HeaderMap::from_pairs(vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+            ("x-b".into(), "1".into()),
+        ]);
+        ex.on_response_headers(response, host);
+        let body = ex
+            .needs(Phase::ResponseBody)
+            .then(|| {
+                ex.on_response_body(Body::new(b"{\"n\":1}".to_vec()), host);
+                ex.take_changed_body()
+            })
+            .flatten();
+        (step, ex.response().clone(), body)
+    }
+
+    #[test]
+    fn a_cache_hit_is_answered_without_the_backend_through_the_response_policies() {
+        let security = json!([{"policy": "http-security", "config": {"frameOptions": "DENY"}}]);
+        let registry = registry(cached(security, json!([])));
+        let mut host = MemoryHost::default();
+        let (step, first, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(first.headers.get("x-frame-options"), Some("DENY"));
+        let (step, _, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        let hit = reply(step);
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.body, b"{\"n\":1}");
+        assert_eq!(hit.header("x-b"), Some("1"));
+        assert_eq!(hit.header("cache-control"), Some("max-age=60"));
+        assert_eq!(hit.header("x-frame-options"), Some("DENY"));
+    }
+
+    #[test]
+    fn a_cache_hit_still_passes_the_policies_after_the_cache() {
+        let registry = registry(cached(json!([]), json!([block("9.9.9.9")])));
+        let mut host = MemoryHost::default();
+        through(&registry, &mut host, &[], "1.2.3.4:1");
+        let (step, _, _) = through(&registry, &mut host, &[], "9.9.9.9:1");
+        let r = reply(step);
+        assert_eq!(r.status, 403);
+        assert_eq!(r.header("x-policy-failure-code"), Some("10002"));
+    }
+
+    #[test]
+    fn the_cache_stores_the_backends_response_not_what_later_policies_made_of_it() {
+        let add = json!([{"policy": "simple-header", "config": {"addHeaders": [
+            {"headerName": "X-Added", "headerValue": "v", "applyTo": "Response"}]}}]);
+        let registry = registry(cached(json!([]), add));
+        let mut host = MemoryHost::default();
+        let (_, first, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        assert_eq!(first.headers.get("x-added"), Some("v"));
+        // A hit passes every policy again, so what they add is there exactly once.
+        let (step, _, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        let hit = reply(step);
+        let added: Vec<&str> = hit
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "x-added")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(added, ["v"]);
+    }
+
+    #[test]
+    fn a_cache_hit_carries_the_cors_headers_of_its_own_request() {
+        let cors = json!([{"policy": "cors", "config": {"allowOrigin": ["*"]}}]);
+        let registry = registry(cached(cors, json!([])));
+        let mut host = MemoryHost::default();
+        through(
+            &registry,
+            &mut host,
+            &[("origin", "https://a.test")],
+            "1.2.3.4:1",
+        );
+        let (step, _, _) = through(
+            &registry,
+            &mut host,
+            &[("origin", "https://b.test")],
+            "1.2.3.4:1",
+        );
+        let hit = reply(step);
+        assert_eq!(
+            hit.header("access-control-allow-origin"),
+            Some("https://b.test")
+        );
+    }
+
+    #[test]
+    fn a_response_a_body_policy_changed_is_stored_as_the_backend_sent_it() {
+        let jsonp = json!([{"policy": "jsonp", "config": {}}]);
+        let registry = registry(cached(jsonp, json!([])));
+        let mut host = MemoryHost::default();
+        let mut ex = Exchange::new(registry.clone());
+        ex.on_request_headers(
+            request("GET", "/Org/echo/1.0/items?callback=cb", &[]).headers,
+            &mut host,
+        );
+        let response = HeaderMap::from_pairs(vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ]);
+        ex.on_response_headers(response, &mut host);
+        ex.on_response_body(Body::new(b"[1]".to_vec()), &mut host);
+        assert_eq!(ex.take_changed_body(), Some(b"/**/cb([1])".to_vec()));
+        // The same request again: served from the cache and wrapped once, by JSONP.
+        let mut ex = Exchange::new(registry.clone());
+        let step = ex.on_request_headers(
+            request("GET", "/Org/echo/1.0/items?callback=cb", &[]).headers,
+            &mut host,
+        );
+        let hit = reply(step);
+        assert_eq!(hit.body, b"/**/cb([1])");
+        assert_eq!(hit.header("content-type"), Some("application/javascript"));
+    }
+
     /// Runs a public request, then hands the exchange a response Envoy or the backend made.
     fn upstream_answer(status: u16, headers: &[(&str, &str)], details: &str) -> (Step, MemoryHost) {
         let mut req = request("GET", "/Org/echo/1.0/x", &[]);

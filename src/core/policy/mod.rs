@@ -9,6 +9,7 @@
 //! (summary and fields, from which the README's reference is generated) and its `build`.
 
 pub mod api_key;
+pub mod caching;
 pub mod cors;
 pub mod docs;
 pub mod ext_authz;
@@ -571,6 +572,7 @@ pub const KINDS: &[PolicyKind] = &[
     timeout::KIND,
     jsonp::KIND,
     url_rewriting::KIND,
+    caching::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -631,11 +633,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "transfer-quota",
         apiman_names: &["TransferQuotaPolicy", "transfer-quota"],
         name: "Transfer Quota",
-    },
-    PlannedKind {
-        id: "caching-resources",
-        apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
-        name: "Caching Resources",
     },
 ];
 
