@@ -59,6 +59,10 @@ pub const FAILURE_CODE: u32 = 15001;
 /// default buffer limit (1 MiB), which a held body must stay below.
 pub const DEFAULT_MAX_BODY: usize = 512 * 1024;
 
+/// The largest limit that stays clear of Envoy's default buffer limit (1 MiB) by a read's worth:
+/// a held body over Envoy's limit is answered 500 by Envoy (verified on Envoy 1.40).
+const ENVOY_SAFE_BODY: i64 = 1024 * 1024 - 64 * 1024;
+
 /// The largest `maxBodySize` accepted.
 pub const MAX_BODY: i64 = 64 * 1024 * 1024;
 
@@ -74,7 +78,15 @@ pub struct Jsonp {
 pub fn body_size(f: &mut Fields, name: &str, default: usize, problems: &mut Problems) -> usize {
     match f.integer(&[name], problems) {
         None => default,
-        Some(n) if (1..=MAX_BODY).contains(&n) => usize::try_from(n).unwrap_or(default),
+        Some(n) if (1..=MAX_BODY).contains(&n) => {
+            if n > ENVOY_SAFE_BODY {
+                problems.warning(
+                    &f.field_path(name),
+                    format!("{n} bytes is more than Envoy holds by default: unless its per_connection_buffer_limit_bytes is raised above it (plus a read), Envoy answers 500 to a body between 1 MiB and this"),
+                );
+            }
+            usize::try_from(n).unwrap_or(default)
+        }
         Some(n) => {
             problems.error(
                 &f.field_path(name),
@@ -349,6 +361,14 @@ mod tests {
         assert!(is_json("Application/JSON; charset=UTF-8"));
         assert!(is_json("application/problem+json"));
         assert!(!is_json("text/plain"));
+    }
+
+    #[test]
+    fn a_body_limit_beyond_envoys_default_buffer_is_warned_about() {
+        let (_, problems) =
+            crate::policy::testing::build(&KIND, json!({"maxBodySize": 2097152}), &|_| None);
+        assert!(problems.errors.is_empty());
+        assert_eq!(problems.warnings.len(), 1, "{:?}", problems.warnings);
     }
 
     #[test]
