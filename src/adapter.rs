@@ -45,6 +45,13 @@ pub(crate) mod abi {
     #[link(wasm_import_module = "env")]
     extern "C" {
         fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_get_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *mut *mut u8,
+            value_size: *mut usize,
+        ) -> u32;
         fn proxy_replace_header_map_value(
             map: u32,
             key: *const u8,
@@ -148,6 +155,16 @@ pub(crate) mod abi {
         match unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) } {
             OK => Ok(unsafe { owned(data, size) }),
             status => Err(status),
+        }
+    }
+
+    pub fn get(map: u32, key: &str) -> Option<Vec<u8>> {
+        let (mut data, mut size) = (null_mut(), 0usize);
+        match unsafe {
+            proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size)
+        } {
+            OK => Some(unsafe { owned(data, size) }),
+            _ => None,
         }
     }
 
@@ -364,6 +381,18 @@ impl Host for WasmHost {
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
         abi::get_property(path)
     }
+
+    fn response_code_details(&mut self) -> Option<String> {
+        abi::get_property(&["response", "code_details"])
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+/// Whether the response's status is a 5xx (one small host call): Envoy's own upstream failures
+/// are among them, and become the gateway's error whatever Envoy's configuration.
+fn server_error() -> bool {
+    abi::get(MapType::HttpResponseHeaders as u32, ":status")
+        .is_some_and(|s| s.first() == Some(&b'5'))
 }
 
 fn init_logging() {
@@ -708,7 +737,7 @@ impl Filter {
             Action::Pause
         } else if self.direction(dir).held && !self.direction(dir).body_done {
             if !end_of_stream {
-                Action::Pause
+                self.hold_body(dir, size)
             } else {
                 let bytes = abi::get_buffer(dir.buffer() as u32, 0, size).unwrap_or_default();
                 let action = self.body_phase(dir, bytes);
@@ -720,6 +749,23 @@ impl Filter {
             Action::Continue
         };
         self.buffering(dir, action)
+    }
+
+    /// Holds `dir`'s body while it grows, unless it outgrows what its body policies read: then
+    /// it is passed on as it is (with the headers held for it), without their body phase.
+    fn hold_body(&mut self, dir: Dir, size: usize) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let phase = dir.body_phase();
+        if exchange.body_limit(phase).is_some_and(|limit| size > limit) {
+            exchange.body_too_large(phase, size);
+        }
+        if exchange.needs(phase) {
+            return Action::Pause;
+        }
+        self.direction(dir).body_done = true;
+        self.after_body(dir, Action::Continue)
     }
 
     fn buffering(&mut self, dir: Dir, action: Action) -> Action {
@@ -887,11 +933,13 @@ impl HttpContext for Filter {
         let involved = exchange.needs(Phase::ResponseHeaders)
             || exchange.needs(Phase::ResponseBody)
             || exchange.needs(Phase::ResponseData);
-        if !involved {
+        let reads = exchange.reads_response_headers();
+        let failed = !reads && exchange.watches_upstream_errors() && server_error();
+        if !involved && !failed {
             return Action::Continue;
         }
         // Adding headers needs no read: one host call (and a guest allocation) saved.
-        let headers = if exchange.reads_response_headers() {
+        let headers = if reads || failed {
             read_headers(MapType::HttpResponseHeaders)
         } else {
             HeaderMap::new()

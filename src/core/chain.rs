@@ -182,7 +182,7 @@ impl Cursor {
             let Some(policy) = chain.policies.get(position) else {
                 break;
             };
-            if !policy.phases().contains(phase) {
+            if !policy.phases().contains(phase) || cx.state.skips_body(position, phase) {
                 continue;
             }
             cx.position = position;

@@ -88,6 +88,36 @@ pub enum GatewayError {
     CallOutFailed {
         cluster: String,
     },
+    /// Envoy knows no cluster of the API's name.
+    BackendClusterNotFound,
+    /// The backend could not be reached (connection refused or reset, TLS failure, no healthy
+    /// host, circuit breaker).
+    BackendUnavailable,
+    /// The backend did not answer within the read timeout.
+    BackendTimeout,
+}
+
+impl GatewayError {
+    /// The gateway's error for a response Envoy generated itself, from its
+    /// `response.code_details`; `None` for the backend's own answers and anything else.
+    pub fn from_envoy_details(details: &str) -> Option<GatewayError> {
+        let reason = details.split('{').next().unwrap_or(details);
+        match reason {
+            "response_timeout"
+            | "upstream_response_timeout"
+            | "upstream_per_try_timeout"
+            | "upstream_per_try_idle_timeout"
+            | "upstream_max_stream_duration_reached" => Some(GatewayError::BackendTimeout),
+            "cluster_not_found" => Some(GatewayError::BackendClusterNotFound),
+            "upstream_reset_before_response_started"
+            | "no_healthy_upstream"
+            | "maintenance_mode"
+            | "drop_overload"
+            | "unconditional_drop_overload"
+            | "upstream_overflow" => Some(GatewayError::BackendUnavailable),
+            _ => None,
+        }
+    }
 }
 
 impl GatewayError {
@@ -98,6 +128,8 @@ impl GatewayError {
             GatewayError::NoClientForKey(_) => 404,
             GatewayError::NoContract { .. } => 404,
             GatewayError::CallOutFailed { .. } => 503,
+            GatewayError::BackendClusterNotFound | GatewayError::BackendUnavailable => 503,
+            GatewayError::BackendTimeout => 504,
         }
     }
 
@@ -109,6 +141,9 @@ impl GatewayError {
             GatewayError::NoClientForKey(_) => "no_client",
             GatewayError::NoContract { .. } => "no_contract",
             GatewayError::CallOutFailed { .. } => "call_out_failed",
+            GatewayError::BackendClusterNotFound => "backend_cluster_not_found",
+            GatewayError::BackendUnavailable => "backend_unavailable",
+            GatewayError::BackendTimeout => "backend_timeout",
         }
     }
 
@@ -123,6 +158,9 @@ impl GatewayError {
             GatewayError::CallOutFailed { cluster } => {
                 format!("A policy could not get an answer from {cluster}.")
             }
+            GatewayError::BackendClusterNotFound => "API backend cluster not found.".to_string(),
+            GatewayError::BackendUnavailable => "API backend unavailable.".to_string(),
+            GatewayError::BackendTimeout => "API backend timed out.".to_string(),
         }
     }
 
@@ -271,6 +309,34 @@ mod tests {
 
     fn body(reply: &LocalReply) -> Value {
         serde_json::from_slice(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn envoys_own_upstream_failures_map_to_the_gateways_errors() {
+        let map = |d: &str| GatewayError::from_envoy_details(d).map(|e| (e.status(), e.message()));
+        assert_eq!(
+            map("response_timeout"),
+            Some((504, "API backend timed out.".into()))
+        );
+        assert_eq!(
+            map("upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"),
+            Some((503, "API backend unavailable.".into()))
+        );
+        assert_eq!(
+            map("no_healthy_upstream"),
+            Some((503, "API backend unavailable.".into()))
+        );
+        assert_eq!(
+            map("cluster_not_found"),
+            Some((503, "API backend cluster not found.".into()))
+        );
+    }
+
+    #[test]
+    fn the_backends_own_answers_and_other_replies_are_not_upstream_failures() {
+        for d in ["via_upstream", "tollgate", "direct_response", ""] {
+            assert_eq!(GatewayError::from_envoy_details(d), None, "{d}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ use crate::errors::{self, GatewayError};
 use crate::host::Host;
 use crate::http::{query_param, query_without, split_query, HeaderMap, HeaderOp, LocalReply};
 use crate::http::{Request, Response};
-use crate::policy::{Body, CallOut, CallResponse, Context, Phase, RequestState, Subject, Verdict};
+use crate::policy::{
+    BackendResponse, Body, CallOut, CallResponse, Context, Phase, RequestState, Subject, Verdict,
+};
 use crate::registry::Registry;
 
 /// What the host should do next.
@@ -464,7 +466,8 @@ impl Exchange {
         self.state.api_key = key;
         self.chain = chain;
         let verdict = self.run(Phase::RequestHeaders, host);
-        self.conclude(Phase::RequestHeaders, verdict)
+        let step = self.conclude(Phase::RequestHeaders, verdict);
+        self.serve_when_passed(Phase::RequestHeaders, step, host)
     }
 
     /// Runs `phase` over the chain with the view it works on.
@@ -569,7 +572,8 @@ impl Exchange {
                 data: pending.data,
             });
         }
-        self.conclude(phase, verdict)
+        let step = self.conclude(phase, verdict);
+        self.serve_when_passed(phase, step, host)
     }
 
     /// Turns a phase's verdict into a step: failures become Apiman's failure reply; the request
@@ -581,7 +585,7 @@ impl Exchange {
                 self.gateway_error(GatewayError::ApiNotPublic)
             }
             Verdict::Continue => {
-                if phase == Phase::RequestHeaders {
+                if phase == Phase::RequestHeaders && self.state.served.is_none() {
                     self.route();
                 }
                 Step::Continue
@@ -607,6 +611,75 @@ impl Exchange {
                 };
                 self.reply(reply)
             }
+        }
+    }
+
+    /// A request a policy has a response for (a cache hit) is answered with it once it has passed
+    /// the request chain: after the request headers, or after its body when a policy reads that.
+    fn serve_when_passed(&mut self, phase: Phase, step: Step, host: &mut dyn Host) -> Step {
+        let passed = match phase {
+            Phase::RequestHeaders => !self.needs(Phase::RequestBody),
+            Phase::RequestBody => true,
+            _ => false,
+        };
+        if step != Step::Continue || !passed || self.state.served.is_none() {
+            return step;
+        }
+        self.serve(host)
+    }
+
+    /// Answers with the served response after running every policy's response phases on it,
+    /// as on a backend's response (a refusal there answers instead).
+    fn serve(&mut self, host: &mut dyn Host) -> Step {
+        let Some(served) = self.state.served.take() else {
+            return Step::Continue;
+        };
+        let mut pairs = vec![(":status".to_string(), served.status.to_string())];
+        pairs.extend(served.headers);
+        self.response = Response {
+            status: served.status,
+            headers: HeaderMap::from_pairs(pairs),
+        };
+        self.state.status = Some(served.status);
+        self.decorate_response(true);
+        let mut verdict = Verdict::Continue;
+        if self.chain.needs(Phase::ResponseHeaders) {
+            verdict = self.run(Phase::ResponseHeaders, host);
+        }
+        if matches!(verdict, Verdict::Continue) && self.chain.needs(Phase::ResponseData) {
+            verdict = self.run_with(Phase::ResponseData, (served.body.len(), true), host);
+        }
+        let mut body = served.body;
+        if matches!(verdict, Verdict::Continue) && self.needs(Phase::ResponseBody) {
+            self.held_body = Some(Body::new(body.clone()));
+            verdict = self.run(Phase::ResponseBody, host);
+            if let Some(changed) = self.changed_body.take() {
+                body = changed;
+            }
+        }
+        self.response.headers.take_ops();
+        match verdict {
+            Verdict::Continue => {
+                let headers = std::mem::take(&mut self.response.headers)
+                    .into_pairs()
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with(':') && k != "content-length")
+                    .collect();
+                let status = self.response.status;
+                self.reply(LocalReply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            // Nothing can be waited for here: the stream is answered from this callback.
+            Verdict::CallOut(call) => {
+                self.pending = None;
+                self.gateway_error(GatewayError::CallOutFailed {
+                    cluster: call.cluster,
+                })
+            }
+            other => self.conclude(Phase::ResponseHeaders, other),
         }
     }
 
@@ -644,8 +717,60 @@ impl Exchange {
                         || self.chain.needs(Phase::ResponseBody)
                         || !self.state.response_headers.is_empty())
             }
+            Phase::RequestBody | Phase::ResponseBody => !self.replied && self.wants_body(phase),
             other => !self.replied && self.chain.needs(other),
         }
+    }
+
+    /// Whether a policy of the chain reads `phase`'s whole body in this request.
+    fn wants_body(&self, phase: Phase) -> bool {
+        self.chain.needs(phase)
+            && self
+                .chain
+                .policies()
+                .iter()
+                .enumerate()
+                .any(|(i, p)| p.phases().contains(phase) && !self.state.skips_body(i, phase))
+    }
+
+    /// How large `phase`'s body may grow before it is passed on without its body phase: the
+    /// largest limit of the policies waiting for it (`None` when one of them has none, or none
+    /// waits for it).
+    pub fn body_limit(&self, phase: Phase) -> Option<usize> {
+        let mut limit = None;
+        for (i, p) in self.chain.policies().iter().enumerate() {
+            if p.phases().contains(phase) && !self.state.skips_body(i, phase) {
+                limit = Some(limit.unwrap_or(0).max(p.body_limit()?));
+            }
+        }
+        limit
+    }
+
+    /// `phase`'s body grew past `body_limit`: it is passed on as it is, without its body phase.
+    pub fn body_too_large(&mut self, phase: Phase, size: usize) {
+        let limit = self.body_limit(phase).unwrap_or(0);
+        let mut skipped = Vec::new();
+        for (i, p) in self.chain.policies().iter().enumerate() {
+            if p.phases().contains(phase) && !self.state.skips_body(i, phase) {
+                self.state.skip_body(i, phase);
+                skipped.push(p.id());
+            }
+        }
+        let what = if phase.is_request() {
+            "request"
+        } else {
+            "response"
+        };
+        log::info!(
+            "tollgate: the {what} body is larger than {limit} bytes ({size}): passed on unchanged, without {}",
+            skipped.join(", ")
+        );
+    }
+
+    /// Whether the response must be looked at for Envoy's own upstream failures: a request the
+    /// gateway routed to a backend (a 5xx status then costs one more host call, for its cause).
+    pub fn watches_upstream_errors(&self) -> bool {
+        !self.replied && self.api.is_some()
     }
 
     /// Whether response-phase policies look at the response headers. When only headers are to be
@@ -672,11 +797,12 @@ impl Exchange {
     /// The whole request body (only when `needs(RequestBody)`).
     pub fn on_request_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
         if !self.needs(Phase::RequestBody) {
-            return Step::Continue;
+            return self.serve_when_passed(Phase::RequestBody, Step::Continue, host);
         }
         self.held_body = Some(body);
         let verdict = self.run(Phase::RequestBody, host);
-        self.conclude(Phase::RequestBody, verdict)
+        let step = self.conclude(Phase::RequestBody, verdict);
+        self.serve_when_passed(Phase::RequestBody, step, host)
     }
 
     /// Adds the headers policies asked for, then runs the response chain in reverse. When
@@ -687,6 +813,29 @@ impl Exchange {
             .get(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        // Envoy's own failure (timeout, unreachable backend, unknown cluster) becomes the
+        // gateway's error, whatever Envoy's `local_reply_config` (one that already made it the
+        // gateway's error leaves `x-gateway-error`).
+        if status >= 500 && self.watches_upstream_errors() && !headers.contains("x-gateway-error") {
+            let error = host
+                .response_code_details()
+                .and_then(|d| GatewayError::from_envoy_details(&d));
+            if let Some(error) = error {
+                self.state.status = Some(error.status());
+                return self.gateway_error(error);
+            }
+        }
+        if self.state.keeps_backend_response() {
+            self.state.backend = Some(BackendResponse {
+                status,
+                headers: headers
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(':'))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: None,
+            });
+        }
         self.response = Response { status, headers };
         if status != 0 {
             self.state.status = Some(status);
@@ -695,6 +844,28 @@ impl Exchange {
             return Step::Continue;
         }
         let read = self.reads_response_headers();
+        self.decorate_response(read);
+        if self.chain.needs(Phase::ResponseHeaders) {
+            let verdict = self.run(Phase::ResponseHeaders, host);
+            let step = self.conclude(Phase::ResponseHeaders, verdict);
+            if step != Step::Continue {
+                return step;
+            }
+        }
+        // A body announced larger than its policies read is not held for them at all.
+        let length = self.response.headers.get("content-length");
+        let length = length.and_then(|l| l.trim().parse::<usize>().ok());
+        if let (Some(length), Some(limit)) = (length, self.body_limit(Phase::ResponseBody)) {
+            if length > limit && self.needs(Phase::ResponseBody) {
+                self.body_too_large(Phase::ResponseBody, length);
+            }
+        }
+        Step::Continue
+    }
+
+    /// Adds the headers policies asked for to the response. When its headers were not read
+    /// (`read` false), `Vary` is added as a header line of its own rather than merged.
+    fn decorate_response(&mut self, read: bool) {
         for (name, value) in &self.state.response_headers {
             if !name.eq_ignore_ascii_case("vary") {
                 self.response.headers.set(name, value);
@@ -704,11 +875,6 @@ impl Exchange {
                 self.response.headers.add(name, value);
             }
         }
-        if !self.chain.needs(Phase::ResponseHeaders) {
-            return Step::Continue;
-        }
-        let verdict = self.run(Phase::ResponseHeaders, host);
-        self.conclude(Phase::ResponseHeaders, verdict)
     }
 
     /// Response body bytes streaming past (only when `needs(ResponseData)`).
@@ -729,6 +895,9 @@ impl Exchange {
     pub fn on_response_body(&mut self, body: Body, host: &mut dyn Host) -> Step {
         if !self.needs(Phase::ResponseBody) {
             return Step::Continue;
+        }
+        if let Some(backend) = self.state.backend.as_mut() {
+            backend.body = Some(body.bytes.clone());
         }
         self.held_body = Some(body);
         let verdict = self.run(Phase::ResponseBody, host);
@@ -1209,6 +1378,205 @@ mod tests {
         assert_eq!(reply(step).status, 403);
         assert_eq!(host.calls.downstream_address, 0);
         assert_eq!(ex.request().headers.get("x-tollgate-client-address"), None);
+    }
+
+    fn cached(before: Value, after: Value) -> Value {
+        let mut c = config();
+        let cache = json!({"policy": "caching-resources", "config": {"ttl": 60,
+            "cachingResourcesSettingsEntries": [{"httpMethod": "GET", "pathPattern": "*", "statusCode": "200"}]}});
+        let mut policies = before.as_array().cloned().unwrap_or_default();
+        policies.push(cache);
+        policies.extend(after.as_array().cloned().unwrap_or_default());
+        c["apis"][0]["apiPolicies"] = Value::Array(policies);
+        c
+    }
+
+    /// One request through a shared host: the backend (if reached) answers 200 with `x-b: 1`
+    /// and `{"n":1}`. Returns the exchange's first step and what the client got.
+    fn through(
+        registry: &Rc<Registry>,
+        host: &mut MemoryHost,
+        headers: &[(&str, &str)],
+        from: &str,
+    ) -> (Step, Response, Option<Vec<u8>>) {
+        let mut ex = Exchange::new(registry.clone());
+        host.downstream = Some(from.to_string());
+        let step =
+            ex.on_request_headers(request("GET", "/Org/echo/1.0/items", headers).headers, host);
+        if step != Step::Continue {
+            return (step, Response::default(), None);
+        }
+        let response = HeaderMap::from_pairs(vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+            ("x-b".into(), "1".into()),
+        ]);
+        ex.on_response_headers(response, host);
+        let body = ex
+            .needs(Phase::ResponseBody)
+            .then(|| {
+                ex.on_response_body(Body::new(b"{\"n\":1}".to_vec()), host);
+                ex.take_changed_body()
+            })
+            .flatten();
+        (step, ex.response().clone(), body)
+    }
+
+    #[test]
+    fn a_cache_hit_is_answered_without_the_backend_through_the_response_policies() {
+        let security = json!([{"policy": "http-security", "config": {"frameOptions": "DENY"}}]);
+        let registry = registry(cached(security, json!([])));
+        let mut host = MemoryHost::default();
+        let (step, first, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(first.headers.get("x-frame-options"), Some("DENY"));
+        let (step, _, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        let hit = reply(step);
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.body, b"{\"n\":1}");
+        assert_eq!(hit.header("x-b"), Some("1"));
+        assert_eq!(hit.header("cache-control"), Some("max-age=60"));
+        assert_eq!(hit.header("x-frame-options"), Some("DENY"));
+    }
+
+    #[test]
+    fn a_cache_hit_still_passes_the_policies_after_the_cache() {
+        let registry = registry(cached(json!([]), json!([block("9.9.9.9")])));
+        let mut host = MemoryHost::default();
+        through(&registry, &mut host, &[], "1.2.3.4:1");
+        let (step, _, _) = through(&registry, &mut host, &[], "9.9.9.9:1");
+        let r = reply(step);
+        assert_eq!(r.status, 403);
+        assert_eq!(r.header("x-policy-failure-code"), Some("10002"));
+    }
+
+    #[test]
+    fn the_cache_stores_the_backends_response_not_what_later_policies_made_of_it() {
+        let add = json!([{"policy": "simple-header", "config": {"addHeaders": [
+            {"headerName": "X-Added", "headerValue": "v", "applyTo": "Response"}]}}]);
+        let registry = registry(cached(json!([]), add));
+        let mut host = MemoryHost::default();
+        let (_, first, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        assert_eq!(first.headers.get("x-added"), Some("v"));
+        // A hit passes every policy again, so what they add is there exactly once.
+        let (step, _, _) = through(&registry, &mut host, &[], "1.2.3.4:1");
+        let hit = reply(step);
+        let added: Vec<&str> = hit
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "x-added")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(added, ["v"]);
+    }
+
+    #[test]
+    fn a_cache_hit_carries_the_cors_headers_of_its_own_request() {
+        let cors = json!([{"policy": "cors", "config": {"allowOrigin": ["*"]}}]);
+        let registry = registry(cached(cors, json!([])));
+        let mut host = MemoryHost::default();
+        through(
+            &registry,
+            &mut host,
+            &[("origin", "https://a.test")],
+            "1.2.3.4:1",
+        );
+        let (step, _, _) = through(
+            &registry,
+            &mut host,
+            &[("origin", "https://b.test")],
+            "1.2.3.4:1",
+        );
+        let hit = reply(step);
+        assert_eq!(
+            hit.header("access-control-allow-origin"),
+            Some("https://b.test")
+        );
+    }
+
+    #[test]
+    fn a_response_a_body_policy_changed_is_stored_as_the_backend_sent_it() {
+        let jsonp = json!([{"policy": "jsonp", "config": {}}]);
+        let registry = registry(cached(jsonp, json!([])));
+        let mut host = MemoryHost::default();
+        let mut ex = Exchange::new(registry.clone());
+        ex.on_request_headers(
+            request("GET", "/Org/echo/1.0/items?callback=cb", &[]).headers,
+            &mut host,
+        );
+        let response = HeaderMap::from_pairs(vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ]);
+        ex.on_response_headers(response, &mut host);
+        ex.on_response_body(Body::new(b"[1]".to_vec()), &mut host);
+        assert_eq!(ex.take_changed_body(), Some(b"/**/cb([1])".to_vec()));
+        // The same request again: served from the cache and wrapped once, by JSONP.
+        let mut ex = Exchange::new(registry.clone());
+        let step = ex.on_request_headers(
+            request("GET", "/Org/echo/1.0/items?callback=cb", &[]).headers,
+            &mut host,
+        );
+        let hit = reply(step);
+        assert_eq!(hit.body, b"/**/cb([1])");
+        assert_eq!(hit.header("content-type"), Some("application/javascript"));
+    }
+
+    /// Runs a public request, then hands the exchange a response Envoy or the backend made.
+    fn upstream_answer(status: u16, headers: &[(&str, &str)], details: &str) -> (Step, MemoryHost) {
+        let mut req = request("GET", "/Org/echo/1.0/x", &[]);
+        let (mut ex, _) = run(config(), &mut req, "1.2.3.4:1");
+        let mut pairs = vec![(":status".to_string(), status.to_string())];
+        pairs.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut host = MemoryHost::default();
+        host.code_details = Some(details.to_string());
+        let step = ex.on_response_headers(HeaderMap::from_pairs(pairs), &mut host);
+        (step, host)
+    }
+
+    #[test]
+    fn an_envoy_timeout_becomes_the_gateways_504_json_error() {
+        let (step, _) = upstream_answer(504, &[("content-type", "text/plain")], "response_timeout");
+        let r = reply(step);
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("x-gateway-error"), Some("API backend timed out."));
+        assert_eq!(
+            body(&r),
+            json!({"responseCode": 504, "message": "API backend timed out."})
+        );
+    }
+
+    #[test]
+    fn an_unknown_cluster_becomes_the_gateways_503() {
+        let (step, _) = upstream_answer(503, &[], "cluster_not_found");
+        assert_eq!(
+            reply(step).header("x-gateway-error"),
+            Some("API backend cluster not found.")
+        );
+    }
+
+    #[test]
+    fn an_upstream_error_envoy_already_mapped_is_left_alone() {
+        let (step, host) = upstream_answer(
+            503,
+            &[("x-gateway-error", "API backend unavailable.")],
+            "upstream_reset_before_response_started{connection_failure}",
+        );
+        assert_eq!(step, Step::Continue);
+        assert_eq!(host.calls.code_details, 0);
+    }
+
+    #[test]
+    fn a_backends_own_5xx_is_passed_on() {
+        let (step, _) = upstream_answer(503, &[("retry-after", "5")], "via_upstream");
+        assert_eq!(step, Step::Continue);
+    }
+
+    #[test]
+    fn a_successful_response_asks_nothing_about_its_cause() {
+        let (step, host) = upstream_answer(200, &[], "via_upstream");
+        assert_eq!(step, Step::Continue);
+        assert_eq!(host.calls.code_details, 0);
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub trait Host {
     fn property(&mut self, _path: &[&str]) -> Option<Vec<u8>> {
         None
     }
+    /// Why the response has the status it has (Envoy's `response.code_details`): `via_upstream`
+    /// for the backend's own answer, else what Envoy answered for (`response_timeout`,
+    /// `cluster_not_found`, `upstream_reset_before_response_started{...}`, ...). `None` where
+    /// the host cannot tell.
+    fn response_code_details(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// How often a read-modify-write of shared data is retried before giving up (Istio uses 20).
@@ -73,6 +80,8 @@ pub struct MemoryHost {
     pub downstream: Option<String>,
     /// Stream properties by dotted path (`connection.tls_version`).
     pub properties: HashMap<String, Vec<u8>>,
+    /// What `response_code_details` answers.
+    pub code_details: Option<String>,
     shared: HashMap<String, (Vec<u8>, u32)>,
     /// Host calls made, by kind, so tests can assert that work is not done needlessly.
     pub calls: HostCalls,
@@ -85,6 +94,7 @@ pub struct HostCalls {
     pub shared_get: usize,
     pub shared_set: usize,
     pub property: usize,
+    pub code_details: usize,
 }
 
 impl Default for MemoryHost {
@@ -94,6 +104,7 @@ impl Default for MemoryHost {
             now: UNIX_EPOCH + Duration::from_secs(1_767_225_600),
             downstream: Some("127.0.0.1:40000".to_string()),
             properties: HashMap::new(),
+            code_details: None,
             shared: HashMap::new(),
             calls: HostCalls::default(),
         }
@@ -146,6 +157,11 @@ impl Host for MemoryHost {
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
         self.calls.property += 1;
         self.properties.get(&path.join(".")).cloned()
+    }
+
+    fn response_code_details(&mut self) -> Option<String> {
+        self.calls.code_details += 1;
+        self.code_details.clone()
     }
 }
 

@@ -109,7 +109,11 @@ mod robustness {
           {"policy": "simple-header", "config": {"addHeaders": [{"headerName": "x-c", "headerValue": "User-Agent", "valueType": "Header", "applyTo": "Both"}],
              "stripHeaders": [{"stripType": "Value", "with": "Regex", "pattern": ".*secret.*", "applyTo": "Both"}]}},
           {"policy": "http-security", "config": {"frameOptions": "DENY"}},
-          {"policy": "api-key", "config": {}}]},
+          {"policy": "api-key", "config": {}},
+          {"policy": "timeout", "config": {"timeoutRead": "100"}},
+          {"policy": "url-rewriting", "config": {"fromRegex": "/(a+)", "toReplacement": "/$1b", "processRequestUrl": true, "processRequestHeaders": true, "processResponseHeaders": true, "processResponseBody": true}},
+          {"policy": "jsonp", "config": {}},
+          {"policy": "caching-resources", "config": {"ttl": 5, "maxEntries": 3, "cachingResourcesSettingsEntries": [{"httpMethod": "*", "pathPattern": "*", "statusCode": "*"}]}}]},
         {"organizationId": "o", "apiId": "auth", "version": "1", "publicAPI": true, "endpoint": "http://h:1/p",
         "apiPolicies": [
           {"policy": "time-restricted-access", "config": {"rules": [{"pathPattern": "/n.*", "timeStart": "22:00", "timeEnd": "06:00", "dayStart": 6, "dayEnd": 1, "timeZone": "Europe/Berlin"}]}},
@@ -151,6 +155,7 @@ mod robustness {
                 .registry,
         );
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut host = MemoryHost::default();
         let names = [
             ":path",
             "x-api-key",
@@ -205,11 +210,19 @@ mod robustness {
                 "",
                 "[::ffff:10.0.0.3]:9",
             ]);
-            let mut host = MemoryHost::with_downstream(address);
+            // One host for all: the cache's shared data sees hits and replacements.
+            host.downstream = Some(address.to_string());
             let mut exchange = Exchange::new(registry.clone());
             let _ = exchange.on_request_headers(headers, &mut host);
             let _ = exchange.on_request_body(Body::new(b"x".to_vec()), &mut host);
-            let response = HeaderMap::from_pairs(vec![(":status".into(), "200".into())]);
+            let response = HeaderMap::from_pairs(vec![
+                (":status".into(), "200".into()),
+                (
+                    "content-type".into(),
+                    rng.pick(&["application/json", "text/html", ""]).into(),
+                ),
+                ("location".into(), rng.text(6)),
+            ]);
             let _ = exchange.on_response_headers(response, &mut host);
             let _ = exchange.on_response_body(Body::new(b"y".to_vec()), &mut host);
             exchange.on_complete(&mut host);

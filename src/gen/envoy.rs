@@ -76,6 +76,12 @@ pub struct ClusterPlan {
     pub apis: Vec<String>,
 }
 
+/// Bytes Envoy reads from a backend before handing them on (`per_connection_buffer_limit_bytes`
+/// of a cluster, 1 MiB by default). A held response body grows by at most this (plus one 16 KiB
+/// read) per callback, so a body policy's limit below the listener's 1 MiB by 64 KiB is never
+/// overrun into Envoy's own 500 by a single large read (seen with a 2 MiB chunked answer).
+pub const UPSTREAM_READ_LIMIT: u32 = 32 * 1024;
+
 pub struct Render<'a> {
     pub source: &'a str,
     pub node: (&'a str, &'a str),
@@ -83,6 +89,9 @@ pub struct Render<'a> {
     pub listener: (&'a str, u16),
     pub wasm: &'a str,
     pub route_timeout_ms: u64,
+    /// Map Envoy's own errors to the gateway's JSON errors in Envoy too (`local_reply_config`).
+    /// tollgate maps them itself as well; tests turn this off to show it does.
+    pub local_reply_config: bool,
     pub cluster_header: &'a str,
     /// `gateway.clientAddressHeader`: always written by a `header_mutation` filter in front of
     /// tollgate (and removed before the backend), or clients could choose their address.
@@ -310,6 +319,29 @@ pub fn pair_client_address_header(registry: &mut serde_json::Value) -> String {
         None => DEFAULT.to_string(),
     }
 }
+/// Envoy's own errors (unknown cluster, backend unreachable, timeout) as the gateway's JSON
+/// errors, for requests tollgate did not see through (tollgate maps them too).
+const LOCAL_REPLY_CONFIG: &str = r#"          local_reply_config:
+            mappers:
+            - filter: {response_flag_filter: {flags: [NC]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend cluster not found."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}
+                content_type: application/json
+            - filter: {response_flag_filter: {flags: [UF, UH, URX, UC, UO, DF]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend unavailable."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}
+                content_type: application/json
+            - filter: {response_flag_filter: {flags: [UT]}}
+              headers_to_add:
+              - header: {key: x-gateway-error, value: "API backend timed out."}
+              body_format_override:
+                json_format: {responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}
+                content_type: application/json
+"#;
 
 /// The Envoy bootstrap.
 pub fn bootstrap_yaml(r: &Render) -> String {
@@ -407,27 +439,7 @@ static_resources:
                   cluster_not_found_response_code: SERVICE_UNAVAILABLE
                   timeout: {rt}
                 request_headers_to_remove: [{removed}]
-          local_reply_config:
-            mappers:
-            - filter: {{response_flag_filter: {{flags: [NC]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend cluster not found."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend cluster not found."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UF, UH, URX, UC, UO, DF]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend unavailable."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend unavailable."}}
-                content_type: application/json
-            - filter: {{response_flag_filter: {{flags: [UT]}}}}
-              headers_to_add:
-              - header: {{key: x-gateway-error, value: "API backend timed out."}}
-              body_format_override:
-                json_format: {{responseCode: "%RESPONSE_CODE%", message: "API backend timed out."}}
-                content_type: application/json
-          http_filters:
+{local_reply}          http_filters:
           # Traffic recording for tollgate-replay, off until the admin /tap endpoint asks for
           # it (config_id tollgate).
           - name: envoy.filters.http.tap
@@ -451,6 +463,11 @@ static_resources:
         ncl = q(r.node.1),
         ch = r.cluster_header,
         rt = envoy_duration(r.route_timeout_ms),
+        local_reply = if r.local_reply_config {
+            LOCAL_REPLY_CONFIG
+        } else {
+            ""
+        },
     );
     let static_clusters = match r.delivery {
         Delivery::Inline => r.clusters,
@@ -486,6 +503,7 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         r#"  - name: {name}
     type: {kind}{family}
     connect_timeout: {ct}
+    per_connection_buffer_limit_bytes: {UPSTREAM_READ_LIMIT}
     load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {addr}, port_value: {port}}}}}}}}}]}}]

@@ -128,6 +128,7 @@ pub fn generate(
         listener: (&def.listener.address, def.listener.port),
         wasm: &def.wasm,
         route_timeout_ms: resolution.route_timeout_ms,
+        local_reply_config: true,
         cluster_header: &cluster_header,
         client_address_header: &client_address_header,
         plugin_json: &plugin_json,

@@ -8,8 +8,9 @@ use serde_json::{Map, Value};
 
 use super::definition::{self, parse_duration, Definition, EndpointAlias, TlsSettings};
 use super::{envoy, stores};
-use tollgate_core::config::Endpoint;
-use tollgate_core::policy::CallTarget;
+use tollgate_core::config::{Endpoint, PolicySpec};
+use tollgate_core::json::Problems;
+use tollgate_core::policy::{timeout, CallTarget};
 
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MAX_CONNECTION_AGE_MS: u64 = 600_000;
@@ -113,11 +114,13 @@ pub fn resolve(
     }
 
     let mut registry = Value::Object(def.registry.clone());
+    let policy_connect = policy_connect_timeouts(&registry, warnings);
     let mut clusters: Vec<Planned> = Vec::new();
     if let Some(apis) = registry.get_mut("apis").and_then(Value::as_array_mut) {
         let api_resolver = Apis {
             def,
             alias_timeouts: &alias_timeouts,
+            policy_connect: &policy_connect,
             defaults: (global_connect, global_age),
         };
         for (i, api) in apis.iter_mut().enumerate() {
@@ -233,9 +236,79 @@ pub fn plan_call_targets(
     }
 }
 
+/// The connect timeouts Timeout policies (`timeoutConnect`) ask for, per API
+/// (`org/api/version`): its own `apiPolicies`' if they have one; else what the policies of the
+/// contracts to it (with their plans and clients) ask for, the longest when they disagree (a
+/// cluster has one connect timeout; the longest fails no contract sooner than it asked for).
+fn policy_connect_timeouts(registry: &Value, warnings: &mut Vec<String>) -> BTreeMap<String, u64> {
+    // The filter's loader reads the policies; its problems are reported when it loads the
+    // registry for real.
+    let mut problems = Problems::default();
+    let env = |n: &str| std::env::var(n).ok();
+    let config = tollgate_core::config::parse_value(registry, &env, &mut problems);
+    let asked = |specs: &[PolicySpec]| {
+        specs
+            .iter()
+            .filter(|s| s.kind.id == timeout::KIND.id)
+            .filter_map(|s| timeout::connect_timeout_ms(&s.config))
+            .next_back()
+    };
+    let mut out = BTreeMap::new();
+    for api in &config.apis {
+        let id = format!("{}/{}/{}", api.organization_id, api.api_id, api.version);
+        if let Some(ms) = asked(&api.policies) {
+            out.insert(id, ms);
+            continue;
+        }
+        let mut found: Vec<(u64, &str)> = Vec::new();
+        for client in &config.clients {
+            for c in &client.contracts {
+                if (
+                    c.api_org_id.as_str(),
+                    c.api_id.as_str(),
+                    c.api_version.as_str(),
+                ) != (
+                    api.organization_id.as_str(),
+                    api.api_id.as_str(),
+                    api.version.as_str(),
+                ) {
+                    continue;
+                }
+                let plan = c
+                    .plan
+                    .as_deref()
+                    .and_then(|p| config.plans.iter().find(|plan| plan.plan_id == p));
+                let ms = asked(&c.policies)
+                    .or_else(|| plan.and_then(|p| asked(&p.policies)))
+                    .or_else(|| asked(&client.policies));
+                if let Some(ms) = ms {
+                    found.push((ms, &c.path));
+                }
+            }
+        }
+        let Some(longest) = found.iter().map(|(ms, _)| *ms).max() else {
+            continue;
+        };
+        if found.iter().any(|(ms, _)| *ms != longest) {
+            let each: Vec<String> = found
+                .iter()
+                .map(|(ms, path)| format!("registry.{path}: {ms} ms"))
+                .collect();
+            warnings.push(format!(
+                "{id}: its contracts' Timeout policies ask for different connect timeouts ({}); its cluster gets the longest, {longest} ms (give the API its own Timeout policy to choose)",
+                each.join(", ")
+            ));
+        }
+        out.insert(id, longest);
+    }
+    out
+}
+
 struct Apis<'a> {
     def: &'a Definition,
     alias_timeouts: &'a BTreeMap<String, (u64, u64)>,
+    /// Connect timeouts Timeout policies ask for, per API.
+    policy_connect: &'a BTreeMap<String, u64>,
     /// Global connect timeout and connection age.
     defaults: (u64, u64),
 }
@@ -313,6 +386,13 @@ impl Apis<'_> {
             .as_ref()
             .and_then(|(name, _)| self.alias_timeouts.get(name).copied())
             .unwrap_or(self.defaults);
+        // An API's Timeout policy overrides its endpoint's connect timeout (APIs that differ
+        // in it get clusters of their own).
+        let connect_timeout_ms = self
+            .policy_connect
+            .get(id)
+            .copied()
+            .unwrap_or(connect_timeout_ms);
         let alias = alias.map(|(_, a)| a);
         let profile = if endpoint.https {
             // Without settings that could not be read (a misspelt truststore, say) the profile

@@ -671,6 +671,7 @@ fn the_bundled_gateway_yaml_keeps_the_generators_settings() {
         listener: ("127.0.0.1", 10000),
         wasm: "tollgate.wasm",
         route_timeout_ms: 30_000,
+        local_reply_config: true,
         cluster_header: "x-tollgate-cluster",
         client_address_header: "x-tollgate-client-address",
         plugin_json: "{}",
@@ -820,5 +821,69 @@ fn the_client_address_header_is_always_paired_with_the_filter_that_overwrites_it
     assert!(
         yaml.contains("request_headers_to_remove: [x-tollgate-cluster, x-peer]"),
         "{yaml}"
+    );
+}
+
+fn with_timeout(id: &str, endpoint: &str, connect: &str) -> String {
+    api(
+        id,
+        &format!("endpoint: '{endpoint}', apiPolicies: [{{policy: timeout, config: {{timeoutConnect: '{connect}', timeoutRead: '9000'}}}}]"),
+    )
+}
+
+#[test]
+fn an_apis_timeout_policy_sets_its_clusters_connect_timeout() {
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{connectTimeout: 5s}",
+        "{}",
+        &with_timeout("a", "http://orders.test:8080/", "1500"),
+    );
+    let g = check(&def).unwrap();
+    assert_eq!(g.clusters.len(), 1);
+    assert_eq!(g.clusters[0].connect_timeout_ms, 1500);
+}
+
+#[test]
+fn apis_that_differ_only_in_their_connect_timeout_get_clusters_of_their_own() {
+    let apis = format!(
+        "{}\n{}\n{}",
+        with_timeout("a", "http://orders.test:8080/", "1500"),
+        with_timeout("b", "http://orders.test:8080/", "1500"),
+        api("c", "endpoint: 'http://orders.test:8080/'"),
+    );
+    let def = definition(
+        &p12_store("gw", "gateway-client.p12"),
+        "{connectTimeout: 5s}",
+        "{}",
+        &apis,
+    );
+    let g = check(&def).unwrap();
+    let mut timeouts: Vec<(u64, usize)> = g
+        .clusters
+        .iter()
+        .map(|c| (c.connect_timeout_ms, c.apis.len()))
+        .collect();
+    timeouts.sort();
+    assert_eq!(timeouts, vec![(1500, 2), (5000, 1)]);
+}
+
+#[test]
+fn contracts_that_disagree_on_the_connect_timeout_get_the_longest_with_a_warning() {
+    let timeout = |ms: &str| format!("{{policy: timeout, config: {{timeoutConnect: '{ms}'}}}}");
+    let yaml = format!(
+        "keystores: {{}}\nregistry:\n  apis:\n{}\n  clients:\n  - {{organizationId: t, clientId: c1, version: '1', apiKey: k1, contracts: [{{apiOrgId: t, apiId: a, apiVersion: '1', policies: [{}]}}]}}\n  - {{organizationId: t, clientId: c2, version: '1', apiKey: k2, contracts: [{{apiOrgId: t, apiId: a, apiVersion: '1', policies: [{}]}}]}}\n",
+        api("a", "endpoint: 'http://orders.test:8080/'"),
+        timeout("1000"),
+        timeout("3000"),
+    );
+    let def = definition::read(&yaml).unwrap();
+    let g = check(&def).unwrap();
+    assert_eq!(g.clusters[0].connect_timeout_ms, 3000);
+    assert!(
+        g.warnings.iter().any(|w| w
+            .contains("t/a/1: its contracts' Timeout policies ask for different connect timeouts")),
+        "{:?}",
+        g.warnings
     );
 }

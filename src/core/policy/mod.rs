@@ -11,6 +11,7 @@
 pub mod api_key;
 pub mod authorization;
 pub mod basic_auth;
+pub mod caching;
 pub mod cors;
 pub mod docs;
 pub mod ext_authz;
@@ -20,11 +21,14 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 pub mod ip_list;
+pub mod jsonp;
 mod role_rules;
 pub mod simple_header;
 pub mod soap_authorization;
 pub mod time_restricted;
+pub mod timeout;
 pub mod transport;
+pub mod url_rewriting;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -249,6 +253,13 @@ pub trait Policy {
     /// The stream has ended, whatever its outcome (only with `Complete`).
     fn on_complete(&self, _cx: &mut Context) {}
 
+    /// The largest body this policy's whole-body phases read. A body that grows past the
+    /// largest limit of the policies waiting for it is passed on as it is, without their body
+    /// phase (it is not held in memory); `None`: no limit of its own.
+    fn body_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// The answer to this policy's `CallOut`, with the view of the phase that made it; decides as
     /// that phase would have. The default refuses the request: a policy that makes call-outs
     /// says what an answer means, and no answer never lets a request through.
@@ -301,6 +312,26 @@ pub struct RequestState {
     pub counts: Vec<(&'static str, &'static str)>,
     /// One private slot per chain position (see `Context::slot`).
     pub slots: Vec<Option<Box<dyn Any>>>,
+    /// Whole-body phases chain positions need no body for, in this request (`skip_body`).
+    skipped_bodies: Vec<(usize, Phase)>,
+    /// A response a policy has for this request (a cache hit): once the request has passed the
+    /// whole chain, it is answered with this instead of calling the backend, through every
+    /// policy's response phases as if the backend had sent it.
+    pub served: Option<LocalReply>,
+    /// Keep the backend's response as it arrived, before any policy changed it
+    /// (`keep_backend_response`).
+    keep_backend: bool,
+    /// The backend's response as it arrived: status, headers, and the body once it was read.
+    pub backend: Option<BackendResponse>,
+}
+
+/// The backend's response as it reached the gateway, before any policy changed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// The whole body, once a whole-body phase read it.
+    pub body: Option<Vec<u8>>,
 }
 
 impl RequestState {
@@ -308,6 +339,23 @@ impl RequestState {
     /// set by Envoy), so no host call is needed.
     pub fn set_downstream(&mut self, ip: Option<IpAddr>) {
         self.downstream = Some(ip);
+    }
+
+    /// Whether the policy at `position` declined `phase`'s body for this request.
+    pub fn skips_body(&self, position: usize, phase: Phase) -> bool {
+        self.skipped_bodies.contains(&(position, phase))
+    }
+
+    /// Declines `phase`'s body for the policy at `position`.
+    pub fn skip_body(&mut self, position: usize, phase: Phase) {
+        if !self.skips_body(position, phase) {
+            self.skipped_bodies.push((position, phase));
+        }
+    }
+
+    /// Whether a policy asked for the backend's response as it arrived.
+    pub fn keeps_backend_response(&self) -> bool {
+        self.keep_backend
     }
 }
 
@@ -394,6 +442,30 @@ impl Context<'_> {
         self.state
             .response_headers
             .push((name.to_string(), value.to_string()));
+    }
+
+    /// This policy needs no whole body of `phase` (`RequestBody` or `ResponseBody`) for this
+    /// request: unless another policy does, the body streams through without being held.
+    pub fn skip_body(&mut self, phase: Phase) {
+        self.state.skip_body(self.position, phase);
+    }
+
+    /// Answers the request with `reply` once it has passed the whole request chain (a later
+    /// policy may still refuse it), without calling the backend: every policy's response
+    /// phases run on it as on the backend's response.
+    pub fn serve(&mut self, reply: LocalReply) {
+        self.state.served = Some(reply);
+    }
+
+    /// Asks for the backend's response as it arrives, before any policy changes it
+    /// (`backend_response()` in the response phases; its body once a body phase read it).
+    pub fn keep_backend_response(&mut self) {
+        self.state.keep_backend = true;
+    }
+
+    /// The backend's response as it arrived, if `keep_backend_response` asked for it.
+    pub fn backend_response(&self) -> Option<&BackendResponse> {
+        self.state.backend.as_ref()
     }
 
     /// This policy's private per-request value, if it stored one.
@@ -530,6 +602,10 @@ pub const KINDS: &[PolicyKind] = &[
     authorization::KIND,
     soap_authorization::KIND,
     time_restricted::KIND,
+    timeout::KIND,
+    jsonp::KIND,
+    url_rewriting::KIND,
+    caching::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -566,26 +642,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "transfer-quota",
         apiman_names: &["TransferQuotaPolicy", "transfer-quota"],
         name: "Transfer Quota",
-    },
-    PlannedKind {
-        id: "caching-resources",
-        apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
-        name: "Caching Resources",
-    },
-    PlannedKind {
-        id: "timeout",
-        apiman_names: &["timeout-policy", "TimeoutPolicy"],
-        name: "Timeout",
-    },
-    PlannedKind {
-        id: "jsonp",
-        apiman_names: &["jsonp-policy", "JsonpPolicy"],
-        name: "JSONP",
-    },
-    PlannedKind {
-        id: "url-rewriting",
-        apiman_names: &["URLRewritingPolicy", "url-rewriting"],
-        name: "URL Rewriting",
     },
 ];
 

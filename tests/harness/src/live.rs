@@ -379,6 +379,15 @@ impl Cluster {
 /// error mapping and filter chain of `envoy/gateway.yaml`) with the given plugin configuration
 /// and clusters, on ports the OS picks.
 pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String, String> {
+    gateway_yaml_with(plugin_config, clusters, true)
+}
+
+/// `gateway_yaml`, with or without Envoy's own mapping of its errors (`local_reply_config`).
+pub fn gateway_yaml_with(
+    plugin_config: &str,
+    clusters: &[Cluster],
+    local_reply_config: bool,
+) -> Result<String, String> {
     let wasm = wasm_path()?.display().to_string();
     let extra: String = clusters
         .iter()
@@ -387,6 +396,7 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
                 r#"  - name: {name}
     type: STATIC
     connect_timeout: 2s
+    per_connection_buffer_limit_bytes: 32768
     load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
@@ -404,6 +414,7 @@ pub fn gateway_yaml(plugin_config: &str, clusters: &[Cluster]) -> Result<String,
         listener: ("127.0.0.1", 0),
         wasm: &wasm,
         route_timeout_ms: 5000,
+        local_reply_config,
         cluster_header: "x-tollgate-cluster",
         client_address_header: "x-tollgate-client-address",
         plugin_json: plugin_config,

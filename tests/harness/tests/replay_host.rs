@@ -583,3 +583,39 @@ fn a_backend_that_drops_the_connection_gets_the_gateways_503() {
         Some("API backend unavailable.")
     );
 }
+
+#[test]
+fn without_envoys_error_mapping_tollgate_answers_envoys_failures_itself() {
+    let host = Host::new(HostSettings {
+        local_reply_mapping: false,
+        ..HostSettings::default()
+    });
+    let vm = host.start_vm(&tollgate_config()).unwrap();
+    let r = vm
+        .run(StreamInput::new("GET", "/t/echo/1/x"), |_| Upstream::Reset)
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.origin, Origin::Filter);
+    assert_eq!(
+        r.text(),
+        "{\"responseCode\":503,\"message\":\"API backend unavailable.\"}"
+    );
+}
+
+#[test]
+fn a_backend_slower_than_the_route_timeout_gets_envoys_504() {
+    let host = Host::new(HostSettings {
+        route_timeout_ms: 100,
+        ..HostSettings::default()
+    });
+    let vm = host.start_vm(&tollgate_config()).unwrap();
+    let slow = |_: &_| match ok() {
+        Upstream::Respond(r) => Upstream::Slow(Duration::from_millis(100), r),
+        other => other,
+    };
+    let r = vm
+        .run(StreamInput::new("GET", "/t/echo/1/x"), slow)
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("x-gateway-error"), Some("API backend timed out."));
+}

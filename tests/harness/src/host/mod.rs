@@ -125,8 +125,12 @@ pub struct HostSettings {
     /// The listener's address (`destination.address`).
     pub listener_address: String,
     pub route_name: String,
-    /// The route timeout, sent upstream as `x-envoy-expected-rq-timeout-ms`.
+    /// The route timeout, sent upstream as `x-envoy-expected-rq-timeout-ms` (unless the request
+    /// carries `x-envoy-upstream-rq-timeout-ms`); a backend slower than it gets Envoy's 504.
     pub route_timeout_ms: u64,
+    /// The gateway's `local_reply_config`, which turns Envoy's own errors into the gateway's
+    /// JSON errors; without it Envoy answers in plain text (and tollgate maps them itself).
+    pub local_reply_mapping: bool,
     /// The header the gateway's `header_mutation` filter sets to the client's address before
     /// tollgate runs (and the route removes), as `envoy/gateway.yaml` and `live::gateway_yaml`
     /// do for `gateway.clientAddressHeader`; `None` for an Envoy without that filter.
@@ -150,6 +154,7 @@ impl Default for HostSettings {
             listener_address: "127.0.0.1:10000".to_string(),
             route_name: String::new(),
             route_timeout_ms: 30_000,
+            local_reply_mapping: true,
             client_address_header: Some("x-tollgate-client-address".to_string()),
             log_level: 2,
             echo_logs: false,

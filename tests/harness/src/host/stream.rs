@@ -144,6 +144,9 @@ pub struct BackendResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     Respond(BackendResponse),
+    /// The backend answers after this long (virtual time natively); the router gives up first
+    /// when its timeout is shorter.
+    Slow(std::time::Duration, BackendResponse),
     /// The backend closes the connection without answering.
     Reset,
 }
@@ -329,9 +332,19 @@ impl StreamResult {
 
 const CONTINUE: u32 = 0;
 
-/// Messages of the gateway's `local_reply_config` mappers (`envoy/gateway.yaml`).
-const NO_CLUSTER: &str = "API backend cluster not found.";
-const UNAVAILABLE: &str = "API backend unavailable.";
+/// Messages of the gateway's `local_reply_config` mappers (`envoy/gateway.yaml`), Envoy's own
+/// bodies without them, and the `response.code_details` Envoy gives (verified on Envoy 1.40).
+const NO_CLUSTER: (&str, &str, &str) = ("API backend cluster not found.", "", "cluster_not_found");
+const UNAVAILABLE: (&str, &str, &str) = (
+    "API backend unavailable.",
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    "upstream_reset_before_response_started{connection_termination}",
+);
+const TIMED_OUT: (&str, &str, &str) = (
+    "API backend timed out.",
+    "upstream request timeout",
+    "response_timeout",
+);
 
 /// More call-out answers than this in one stream means the filter dispatches a new call from
 /// every answer; the stream is given up rather than hang the replay.
@@ -509,6 +522,9 @@ struct Run<'a> {
     response_started: bool,
     /// What went upstream so far.
     upstream: Option<UpstreamRequest>,
+    /// The router's timeout for this request (the route's, or the request's
+    /// `x-envoy-upstream-rq-timeout-ms`).
+    route_timeout_ms: u64,
     /// The response headers the client got, once they went.
     downstream: Option<Headers>,
     client_body: Vec<u8>,
@@ -539,6 +555,7 @@ impl<'a> Run<'a> {
             response: Side::default(),
             response_started: false,
             upstream: None,
+            route_timeout_ms: 0,
             downstream: None,
             client_body: Vec::new(),
             client_trailers: Vec::new(),
@@ -623,9 +640,19 @@ impl<'a> Run<'a> {
             Input::RequestBody(chunk, eos) => self.body(Direction::Request, chunk, eos),
             Input::RequestTrailers(t) => self.trailers(Direction::Request, &t),
             Input::Backend(Upstream::Respond(r)) => self.response_headers(r),
+            Input::Backend(Upstream::Slow(delay, r)) => {
+                let timeout = std::time::Duration::from_millis(self.route_timeout_ms);
+                if self.route_timeout_ms > 0 && delay >= timeout {
+                    abi::with_vm(|vm| vm.clock.advance(timeout));
+                    self.envoy_reply(504, TIMED_OUT);
+                } else {
+                    abi::with_vm(|vm| vm.clock.advance(delay));
+                    self.response_headers(r);
+                }
+            }
             Input::Backend(Upstream::Reset) => {
                 self.events.push(StreamEvent::UpstreamReset);
-                self.envoy_reply(envoy_error(503, UNAVAILABLE));
+                self.envoy_reply(503, UNAVAILABLE);
             }
             Input::ResponseBody(chunk, eos) => self.body(Direction::Response, chunk, eos),
             Input::ResponseTrailers(t) => self.trailers(Direction::Response, &t),
@@ -722,6 +749,10 @@ impl<'a> Run<'a> {
             s.properties.insert(
                 "response.code".into(),
                 PropertyValue::Int(i64::from(r.status)).encode(),
+            );
+            s.properties.insert(
+                "response.code_details".into(),
+                PropertyValue::Str("via_upstream".into()).encode(),
             );
             s.response_headers = h;
             s.response_headers_open = true;
@@ -1151,7 +1182,7 @@ impl<'a> Run<'a> {
             .unwrap_or("")
             .to_string();
         if !self.settings.knows_route_cluster(&cluster) {
-            self.envoy_reply(envoy_error(503, NO_CLUSTER));
+            self.envoy_reply(503, NO_CLUSTER);
             return;
         }
         state(|s| {
@@ -1165,9 +1196,16 @@ impl<'a> Run<'a> {
         if let Some(name) = &self.settings.client_address_header {
             headers.remove(name);
         }
+        // The router takes its timeout from x-envoy-upstream-rq-timeout-ms (which it consumes),
+        // else the route's, and tells the backend (verified on Envoy 1.40).
+        self.route_timeout_ms = headers
+            .get("x-envoy-upstream-rq-timeout-ms")
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(self.settings.route_timeout_ms);
+        headers.remove("x-envoy-upstream-rq-timeout-ms");
         headers.add(
             "x-envoy-expected-rq-timeout-ms",
-            &self.settings.route_timeout_ms.to_string(),
+            &self.route_timeout_ms.to_string(),
         );
         self.upstream = Some(UpstreamRequest {
             cluster,
@@ -1247,8 +1285,30 @@ impl<'a> Run<'a> {
         self.done = Some(result);
     }
 
-    /// A reply from Envoy's router, before any response started.
-    fn envoy_reply(&mut self, reply: LocalReplyRequest) {
+    /// One of Envoy's own replies (the router's), before any response started, with its
+    /// `response.code_details`, as the gateway's `local_reply_config` rewrites it (or as Envoy
+    /// sends it without one).
+    fn envoy_reply(&mut self, status: u16, (message, raw, details): (&str, &str, &str)) {
+        state(|s| {
+            s.properties.insert(
+                "response.code".into(),
+                PropertyValue::Int(i64::from(status)).encode(),
+            );
+            s.properties.insert(
+                "response.code_details".into(),
+                PropertyValue::Str(details.into()).encode(),
+            );
+        });
+        let reply = if self.settings.local_reply_mapping {
+            envoy_error(status, message)
+        } else {
+            LocalReplyRequest {
+                status,
+                details: details.to_string(),
+                headers: Vec::new(),
+                body: raw.as_bytes().to_vec(),
+            }
+        };
         self.events.push(StreamEvent::EnvoyReply {
             status: reply.status,
         });
@@ -1258,9 +1318,11 @@ impl<'a> Run<'a> {
     }
 
     /// A reply made before the response started (the filter's or Envoy's own) goes through the
-    /// filter's response callbacks like a backend response (verified on Envoy 1.40). What the
-    /// filter asks for meanwhile (another reply, pausing, continuing) is ignored, as Envoy
-    /// ignores a reply while replying; call-outs it makes are cancelled when the stream ends.
+    /// filter's response callbacks like a backend response (verified on Envoy 1.40). The filter
+    /// may replace one of Envoy's own replies with a reply of its own from its response headers
+    /// (verified on Envoy 1.40); anything else it asks for meanwhile (another reply while its
+    /// own passes, pausing, continuing) is ignored, as Envoy ignores it; call-outs it makes are
+    /// cancelled when the stream ends.
     fn reply_through_filter(&mut self, reply: LocalReplyRequest, origin: Origin) -> StreamResult {
         self.response_started = true;
         let headers = local_reply_headers(&reply);
@@ -1278,6 +1340,20 @@ impl<'a> Run<'a> {
             end_of_stream: eos,
             returned,
         });
+        if origin == Origin::Envoy {
+            if let Some(replaced) = state(|s| s.local_reply.take()).flatten() {
+                self.ignore_deferred();
+                self.events.push(StreamEvent::LocalReply {
+                    status: replaced.status,
+                });
+                return final_response(
+                    local_reply_headers(&replaced),
+                    replaced.body,
+                    Origin::Filter,
+                    Some(replaced.details),
+                );
+            }
+        }
         self.ignore_deferred();
         let mut out_body = body.clone();
         if !body.is_empty() {

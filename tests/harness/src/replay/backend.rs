@@ -256,6 +256,10 @@ fn serve(conn: TcpStream, cluster: &str, state: &Mutex<State>) {
                 return;
             }
             Upstream::Respond(r) => r,
+            Upstream::Slow(delay, r) => {
+                thread::sleep(delay);
+                r
+            }
         };
         let mut text = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
         for (k, v) in &r.headers {

@@ -57,6 +57,7 @@ pub const RESPONSE: &[&str] = &[
     "bodyBase64",
     "trailers",
     "reset",
+    "delayMs",
 ];
 pub const STUB: &[&str] = &[
     "cluster",
@@ -299,7 +300,7 @@ fn exchange(v: &Value, at: &str) -> Result<Exchange, Problem> {
         worker: o.u64("worker")?.map(|w| w as usize),
         request,
         recorded_status: match &response {
-            Some(Upstream::Respond(r)) => expect.status.or(Some(r.status)),
+            Some(Upstream::Respond(r) | Upstream::Slow(_, r)) => expect.status.or(Some(r.status)),
             _ => expect.status,
         },
         recorded_by_gateway: expect
@@ -373,12 +374,16 @@ fn response(v: &Value, at: &str) -> Result<Upstream, Problem> {
         }
         return Ok(Upstream::Reset);
     }
-    Ok(Upstream::Respond(BackendResponse {
+    let r = BackendResponse {
         status: o.status("status")?.unwrap_or(200),
         headers: o.headers("headers")?,
         body: o.body("body", "bodyBase64")?.unwrap_or_default(),
         trailers: o.headers("trailers")?,
-    }))
+    };
+    Ok(match o.u64("delayMs")? {
+        Some(ms) if ms > 0 => Upstream::Slow(std::time::Duration::from_millis(ms), r),
+        _ => Upstream::Respond(r),
+    })
 }
 
 #[cfg(test)]
