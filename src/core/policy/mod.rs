@@ -18,6 +18,8 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 mod ip_list;
+pub mod jose;
+pub mod jwt;
 pub mod simple_header;
 
 use std::any::Any;
@@ -497,6 +499,7 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    jwt::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -527,11 +530,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "soap-authorization",
         apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
         name: "SOAP Authorization",
-    },
-    PlannedKind {
-        id: "jwt",
-        apiman_names: &["jwt-policy", "JWTPolicy"],
-        name: "JWT",
     },
     PlannedKind {
         id: "keycloak-oauth",
