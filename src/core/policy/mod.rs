@@ -20,6 +20,7 @@ pub mod ip_blocklist;
 mod ip_list;
 pub mod jose;
 pub mod jwt;
+pub mod keycloak_oauth;
 pub mod simple_header;
 
 use std::any::Any;
@@ -500,6 +501,7 @@ pub const KINDS: &[PolicyKind] = &[
     cors::KIND,
     ext_authz::KIND,
     jwt::KIND,
+    keycloak_oauth::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -530,11 +532,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "soap-authorization",
         apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
         name: "SOAP Authorization",
-    },
-    PlannedKind {
-        id: "keycloak-oauth",
-        apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
-        name: "Keycloak OAuth",
     },
     PlannedKind {
         id: "time-restricted-access",

@@ -54,8 +54,9 @@ pub fn matches(value: &Value, expected: &str) -> bool {
     match value {
         Value::String(s) => s == expected,
         Value::Array(items) => items.iter().any(|v| matches(v, expected)),
+        Value::Number(n) => n.to_string() == expected,
+        Value::Bool(b) => expected == if *b { "true" } else { "false" },
         Value::Null | Value::Object(_) => false,
-        other => other.to_string() == expected,
     }
 }
 

@@ -4,12 +4,14 @@
 //! - `tollgate.jwks.<id>`: version, fetch time, content hash (the generation), and the JWKS as
 //!   fetched (at most `MAX_JWKS_BYTES`);
 //! - `tollgate.jwks.<id>.fetch`: the fetch marker: a fetch in flight since, the last attempt,
-//!   and no new attempt before (after a failure).
+//!   no new attempt before (after a failure), and the fetch time and generation of the newest
+//!   set.
 //!
-//! Each VM keeps its own parsed copy and parses a key set once per generation. It looks at
-//! shared data only when its copy is due for refresh (then at most once a second), so a
-//! request normally makes no host call for keys. When the set is due, the first request (of
-//! any VM) that takes the marker with a CAS write fetches it; the others go on with the set
+//! Each VM keeps its own parsed copy and parses a key set once per generation. Once a second
+//! it reads the small marker and takes up a newer set from shared data (so a rotation one VM
+//! fetched reaches every VM within a second); otherwise a request makes no host call for keys.
+//! When the set is due for refresh, the first request (of any VM) that takes the marker with a
+//! CAS write fetches it; the others go on with the set
 //! they have. A VM without any usable set fetches anyway (there is nothing to go on with).
 //! An unknown `kid` refetches once per `min_refetch` seconds at most. When a refresh fails,
 //! the old set is used until `fetched_at + refresh + max_stale`, retried every
@@ -53,6 +55,9 @@ struct Marker {
     in_flight_since: u64,
     last_attempt: u64,
     retry_after: u64,
+    /// The newest set in shared data: VMs poll this small value to notice a new set.
+    fetched_at: u64,
+    generation: u64,
 }
 
 impl Marker {
@@ -70,12 +75,20 @@ impl Marker {
             in_flight_since: at(0),
             last_attempt: at(1),
             retry_after: at(2),
+            fetched_at: at(3),
+            generation: at(4),
         }
     }
 
     fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
-        for v in [self.in_flight_since, self.last_attempt, self.retry_after] {
+        for v in [
+            self.in_flight_since,
+            self.last_attempt,
+            self.retry_after,
+            self.fetched_at,
+            self.generation,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out
@@ -226,20 +239,21 @@ impl Remote {
         Ok(set)
     }
 
-    /// The keys to verify with now, or a fetch to make first.
+    /// The keys to verify with now, or a fetch to make first. Once a second a VM looks at the
+    /// fetch marker (a few bytes) to take up a set another VM fetched.
     pub fn keys(&self, host: &mut dyn Host, now: u64, allow_fetch: bool) -> Keys {
-        let local = self.local();
-        if let Some(l) = local.as_ref().filter(|l| self.fresh(l, now)) {
-            return Keys::Ready(l.clone());
-        }
-        if let Some(l) = local.as_ref().filter(|l| self.usable(l, now)) {
-            if now < self.next_look.get() {
-                return Keys::Ready(l.clone());
+        let mut local = self.local();
+        if now >= self.next_look.get() {
+            self.next_look.set(now + 1);
+            let marker = self.marker(host).0;
+            if local
+                .as_ref()
+                .is_none_or(|l| marker.fetched_at > l.fetched_at)
+            {
+                self.adopt_shared(host, now);
+                local = self.local();
             }
         }
-        self.next_look.set(now + 1);
-        self.adopt_shared(host, now);
-        let local = self.local();
         if let Some(l) = local.as_ref().filter(|l| self.fresh(l, now)) {
             return Keys::Ready(l.clone());
         }
@@ -250,6 +264,13 @@ impl Remote {
         match usable {
             Some(l) => Keys::Ready(l),
             None => Keys::Unavailable,
+        }
+    }
+
+    fn marker(&self, host: &mut dyn Host) -> (Marker, u32) {
+        match host.shared_get(&self.marker_key) {
+            Some((v, cas)) => (Marker::parse(&v), cas),
+            None => (Marker::default(), CREATE_CAS),
         }
     }
 
@@ -268,11 +289,7 @@ impl Remote {
     /// Takes the fetch marker. Without keys, a VM fetches even while another fetch is in
     /// flight (it has nothing else to go on with); a failure's back-off holds for everyone.
     fn claim(&self, host: &mut dyn Host, now: u64, have_keys: bool, for_kid: bool) -> bool {
-        let current = host.shared_get(&self.marker_key);
-        let (marker, cas) = match &current {
-            Some((v, cas)) => (Marker::parse(v), *cas),
-            None => (Marker::default(), CREATE_CAS),
-        };
+        let (marker, cas) = self.marker(host);
         if now < marker.retry_after {
             return false;
         }
@@ -287,6 +304,7 @@ impl Remote {
             in_flight_since: now,
             last_attempt: now,
             retry_after: 0,
+            ..marker
         };
         match host.shared_set(&self.marker_key, &next.encode(), cas) {
             Ok(()) => true,
@@ -312,10 +330,15 @@ impl Remote {
             self.parse(&response.body)
         };
         let failed = result.is_err();
+        let generation = fnv(&response.body);
         let _ = update_shared(host, &self.marker_key, |v| {
             let mut m = v.map(Marker::parse).unwrap_or_default();
             m.in_flight_since = 0;
             m.retry_after = if failed { now + RETRY_SECONDS } else { 0 };
+            if !failed && now >= m.fetched_at {
+                m.fetched_at = now;
+                m.generation = generation;
+            }
             (m.encode(), ())
         });
         match result {
@@ -329,7 +352,6 @@ impl Remote {
                 false
             }
             Ok(set) => {
-                let generation = fnv(&response.body);
                 let mut value = vec![VERSION];
                 value.extend_from_slice(&now.to_le_bytes());
                 value.extend_from_slice(&generation.to_le_bytes());
