@@ -1142,4 +1142,75 @@ mod tests {
         );
         assert_eq!(code(v), 12008);
     }
+    /// Verify costs, native and on wasm under V8 (Node): `cargo test --release -p tollgate-core
+    /// verify_costs -- --ignored --nocapture` (add `--target wasm32-wasip1` with the Node
+    /// runner of scripts/test for V8).
+    #[test]
+    #[ignore]
+    fn verify_costs() {
+        let time = |label: &str, n: u32, mut f: Box<dyn FnMut()>| {
+            f();
+            let started = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            println!("verify-cost {label}: {us:.1} us");
+        };
+        let secret = b"a-shared-secret-of-32-bytes!!!!!";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let cases: Vec<(&str, Value, String, u32)> = vec![
+            (
+                "RS256 miss",
+                json!({"signingKeyString": RSA_A_PUB, "tokenCacheSize": 0}),
+                rs256(valid(), None),
+                30,
+            ),
+            (
+                "ES256 miss",
+                json!({"signingKeyString": EC_PUB, "tokenCacheSize": 0}),
+                es256(valid()),
+                30,
+            ),
+            (
+                "EdDSA miss",
+                json!({"signingKeyString": ED_PUB, "tokenCacheSize": 0}),
+                eddsa(valid()),
+                30,
+            ),
+            (
+                "HS256 miss",
+                json!({"signingKeyString": b64, "algorithms": ["HS256"], "tokenCacheSize": 0}),
+                hs256(secret, valid()),
+                500,
+            ),
+            (
+                "RS256 cache hit",
+                json!({"signingKeyString": RSA_A_PUB}),
+                rs256(valid(), None),
+                5000,
+            ),
+        ];
+        for (label, config, token, n) in cases {
+            let p = policy(config);
+            let header = format!("Bearer {token}");
+            time(
+                label,
+                n,
+                Box::new(move || {
+                    let mut f = Fixture::new();
+                    let mut req = request("GET", &[("authorization", &header)]);
+                    assert!(is_continue(&f.on_request(p.as_ref(), &mut req)));
+                }),
+            );
+        }
+        let token = rs256(valid(), None);
+        time(
+            "SHA-256 of the token",
+            5000,
+            Box::new(move || {
+                std::hint::black_box(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            }),
+        );
+    }
 }
