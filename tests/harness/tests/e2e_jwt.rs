@@ -201,7 +201,10 @@ fn a_post_is_held_until_the_slow_jwks_server_answers() {
 
 #[test]
 fn every_bad_token_gets_its_documented_answer() {
-    let Some(w) = world(Duration::ZERO, json!({"algorithms": ["RS256", "HS256"]})) else {
+    let Some(w) = world(
+        Duration::ZERO,
+        json!({"algorithms": ["RS256", "HS256"], "jwksMinRefetchSeconds": 5}),
+    ) else {
         return;
     };
     // A good token first: the key set is fetched.
