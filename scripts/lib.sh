@@ -50,12 +50,13 @@ build_wasm() {
 }
 
 # binaryen's wasm-opt -O3 over the module (same speed or better, ~12% smaller: it keeps the
-# module with its JWT crypto under 1.5 MiB). Only when cargo relinked it since the last pass;
-# skipped with a warning where binaryen cannot be installed (the module works either way).
+# module with its JWT crypto under 1.5 MiB). Skipped when the module is the one it optimized
+# last (by content: cargo may put back its own, older link), and with a warning where binaryen
+# cannot be installed (the module works either way).
 optimize_wasm() {
-  local stamp="$WASM.opt-stamp"
+  local stamp="$WASM.opt-sha256"
   [ -f "$WASM" ] || return 0
-  if [ -f "$stamp" ] && [ ! "$WASM" -nt "$stamp" ]; then return 0; fi
+  if [ -f "$stamp" ] && [ "$(sha256sum < "$WASM")" = "$(cat "$stamp")" ]; then return 0; fi
   if ! command -v wasm-opt >/dev/null; then
     say "installing binaryen (Debian package) for wasm-opt"
     local sudo=""
@@ -67,7 +68,7 @@ optimize_wasm() {
     --enable-nontrapping-float-to-int "$WASM" -o "$WASM.opt" >&2
   # A new file, not a rewrite of cargo's hard link into target/.../deps.
   mv "$WASM.opt" "$WASM"
-  touch "$stamp"
+  sha256sum < "$WASM" > "$stamp"
 }
 
 # A free TCP port on 127.0.0.1.
