@@ -49,7 +49,7 @@ build_wasm() {
   optimize_wasm
 }
 
-# binaryen's wasm-opt -O3 over the module (same speed or better, ~12% smaller: it keeps the
+# binaryen's wasm-opt -O3 over the module (optimizing for speed; ~12% smaller too: it keeps the
 # module with its JWT crypto under 1.5 MiB). Skipped when the module is the one it optimized
 # last (by content: cargo may put back its own, older link), and with a warning where binaryen
 # cannot be installed (the module works either way).
