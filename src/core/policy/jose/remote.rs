@@ -192,7 +192,7 @@ impl Remote {
     }
 
     /// Takes up the set in shared data if it is newer than this VM's; true when it did.
-    pub fn adopt_shared(&self, host: &mut dyn Host, now: u64) -> bool {
+    pub fn adopt_shared(&self, host: &mut dyn Host) -> bool {
         let Some((value, _)) = host.shared_get(&self.shared_key) else {
             return false;
         };
@@ -216,7 +216,6 @@ impl Remote {
                 }
             },
         };
-        let _ = now;
         self.set_local(Rc::new(Local {
             fetched_at,
             generation,
@@ -250,7 +249,7 @@ impl Remote {
                 .as_ref()
                 .is_none_or(|l| marker.fetched_at > l.fetched_at)
             {
-                self.adopt_shared(host, now);
+                self.adopt_shared(host);
                 local = self.local();
             }
         }
@@ -277,7 +276,7 @@ impl Remote {
     /// A token names a key this VM's set lacks: take up a newer shared set, else refetch
     /// (at most once per `min_refetch`). `Ok(true)`: a newer set was taken up.
     pub fn unknown_kid(&self, host: &mut dyn Host, now: u64) -> Result<bool, Option<CallOut>> {
-        if self.adopt_shared(host, now) {
+        if self.adopt_shared(host) {
             return Ok(true);
         }
         if self.claim(host, now, true, true) {
