@@ -65,6 +65,29 @@ build_wasm() {
   ensure_wasm_target
   say "building the filter (wasm32-wasip1, release)"
   (cd "$ROOT" && cargo build "${QUIET[@]}" --release --target wasm32-wasip1 -p tollgate) >&2
+  optimize_wasm
+}
+
+# binaryen's wasm-opt -O3 over the module (optimizing for speed; ~12% smaller too: it keeps the
+# module with its JWT crypto under 1.5 MiB). Skipped when the module is the one it optimized
+# last (by content: cargo may put back its own, older link), and with a warning where binaryen
+# cannot be installed (the module works either way).
+optimize_wasm() {
+  local stamp="$WASM.opt-sha256"
+  [ -f "$WASM" ] || return 0
+  if [ -f "$stamp" ] && [ "$(sha256sum < "$WASM")" = "$(cat "$stamp")" ]; then return 0; fi
+  if ! command -v wasm-opt >/dev/null; then
+    say "installing binaryen (Debian package) for wasm-opt"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq binaryen >&2 || { say "wasm-opt unavailable: the module stays unoptimized"; return 0; }
+  fi
+  say "optimizing the module (wasm-opt -O3)"
+  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int "$WASM" -o "$WASM.opt" >&2
+  # A new file, not a rewrite of cargo's hard link into target/.../deps.
+  mv "$WASM.opt" "$WASM"
+  sha256sum < "$WASM" > "$stamp"
 }
 
 # A free TCP port on 127.0.0.1.

@@ -21,7 +21,10 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 pub mod ip_list;
+pub mod jose;
 pub mod jsonp;
+pub mod jwt;
+pub mod keycloak_oauth;
 mod role_rules;
 pub mod simple_header;
 pub mod soap_authorization;
@@ -606,6 +609,8 @@ pub const KINDS: &[PolicyKind] = &[
     jsonp::KIND,
     url_rewriting::KIND,
     caching::KIND,
+    jwt::KIND,
+    keycloak_oauth::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -618,16 +623,6 @@ pub struct PlannedKind {
 }
 
 pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
-    PlannedKind {
-        id: "jwt",
-        apiman_names: &["jwt-policy", "JWTPolicy"],
-        name: "JWT",
-    },
-    PlannedKind {
-        id: "keycloak-oauth",
-        apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
-        name: "Keycloak OAuth",
-    },
     PlannedKind {
         id: "rate-limiting",
         apiman_names: &["RateLimitingPolicy", "rate-limiting"],
