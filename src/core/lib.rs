@@ -18,6 +18,7 @@ pub mod model;
 pub mod pattern;
 pub mod policy;
 pub mod registry;
+pub mod rls;
 
 use config::Env;
 use registry::Registry;
