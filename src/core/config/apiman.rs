@@ -228,13 +228,13 @@ mod tests {
     #[test]
     fn a_known_but_unimplemented_apiman_policy_is_refused_not_skipped() {
         let (c, p) = parse(json!({
-            "policyImpl": "class:io.apiman.gateway.engine.policies.RateLimitingPolicy",
+            "policyImpl": "class:io.apiman.gateway.engine.policies.CachingResourcesPolicy",
             "policyJsonConfig": "{}"
         }));
         assert!(c.is_none());
         assert!(
             p.errors[0].contains(
-                "(rate-limiting) is an Apiman policy this tollgate version does not implement yet"
+                "(caching-resources) is an Apiman policy this tollgate version does not implement yet"
             ),
             "{}",
             p.errors[0]

@@ -18,7 +18,11 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 mod ip_list;
+mod limits;
+pub mod quota;
+pub mod rate_limiting;
 pub mod simple_header;
+pub mod transfer_quota;
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -106,21 +110,36 @@ impl PhaseSet {
     }
 }
 
-/// An HTTP call a policy needs answered before it can decide (a JWKS fetch, an introspection).
-/// The exchange pauses the stream (headers, data and trailers are held), the adapter dispatches
-/// it, and the same policy's `on_call_response` continues the phase that started it.
+/// A call a policy needs answered before it can decide (a JWKS fetch, an introspection, a rate
+/// limit service): HTTP, or a unary gRPC call when `grpc` names the method. The exchange pauses
+/// the stream (headers, data and trailers are held), the adapter dispatches it, and the same
+/// policy's `on_call_response` continues the phase that started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOut {
-    /// The Envoy cluster to send the call to.
+    /// The Envoy cluster to send the call to (HTTP/2 for gRPC).
     pub cluster: String,
-    /// Must include `:method`, `:path` and `:authority`.
+    /// HTTP: the headers, which must include `:method`, `:path` and `:authority`. gRPC: the
+    /// initial metadata.
     pub headers: Vec<(String, String)>,
+    /// HTTP: the body. gRPC: the serialized request message.
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// Set for a gRPC call.
+    pub grpc: Option<GrpcMethod>,
+}
+
+/// The gRPC method a `CallOut` calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcMethod {
+    /// The fully qualified service, e.g. `envoy.service.ratelimit.v3.RateLimitService`.
+    pub service: String,
+    pub method: String,
 }
 
 /// The answer to a `CallOut`. `status` is 0 when there was none: the call could not be sent
-/// (no such cluster), timed out, or the connection was reset.
+/// (no such cluster), timed out, or the connection was reset. A gRPC answer is `status` 200
+/// with the response message as `body` when the call succeeded (gRPC status 0); any other gRPC
+/// status is `status` 0 with `grpc-status` and `grpc-message` in `headers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallResponse {
     /// The cluster the call went to.
@@ -288,6 +307,8 @@ pub struct RequestState {
     pub status: Option<u16>,
     /// One private slot per chain position (see `Context::slot`).
     pub slots: Vec<Option<Box<dyn Any>>>,
+    /// Policy instances that acted once already in this request (see `Context::first_time`).
+    pub acted: Vec<String>,
 }
 
 impl RequestState {
@@ -365,6 +386,17 @@ impl Context<'_> {
         self.state
             .response_headers
             .push((name.to_string(), value.to_string()));
+    }
+
+    /// Whether the policy instance `instance` acts for the first time in this request, and
+    /// records that it does. A policy that appears twice in one chain (the same configuration
+    /// in a plan and in its API) is one policy: a limit counts a request once.
+    pub fn first_time(&mut self, instance: &str) -> bool {
+        if self.state.acted.iter().any(|i| i == instance) {
+            return false;
+        }
+        self.state.acted.push(instance.to_string());
+        true
     }
 
     /// This policy's private per-request value, if it stored one.
@@ -497,6 +529,9 @@ pub const KINDS: &[PolicyKind] = &[
     api_key::KIND,
     cors::KIND,
     ext_authz::KIND,
+    rate_limiting::KIND,
+    quota::KIND,
+    transfer_quota::KIND,
 ];
 
 /// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
@@ -542,21 +577,6 @@ pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
         id: "time-restricted-access",
         apiman_names: &["TimeRestrictedAccessPolicy", "time-restricted-access"],
         name: "Time Restricted Access",
-    },
-    PlannedKind {
-        id: "rate-limiting",
-        apiman_names: &["RateLimitingPolicy", "rate-limiting"],
-        name: "Rate Limiting",
-    },
-    PlannedKind {
-        id: "quota",
-        apiman_names: &["QuotaPolicy", "quota"],
-        name: "Quota",
-    },
-    PlannedKind {
-        id: "transfer-quota",
-        apiman_names: &["TransferQuotaPolicy", "transfer-quota"],
-        name: "Transfer Quota",
     },
     PlannedKind {
         id: "caching-resources",
@@ -620,7 +640,9 @@ pub(crate) mod testing {
     ) -> (Option<Box<dyn Policy>>, Problems) {
         let mut problems = Problems::default();
         let settings = GatewaySettings::default();
-        let mut cx = BuildContext::new("test", &settings, env);
+        // The instance id the registry would give it: distinct configurations count apart.
+        let id = crate::registry::instance_id(kind.id, &config);
+        let mut cx = BuildContext::new(&id, &settings, env);
         let policy = Fields::of(&config, "config", &mut problems).and_then(|mut fields| {
             let p = (kind.build)(&mut cx, &mut fields, &mut problems);
             fields.finish(&mut problems);
