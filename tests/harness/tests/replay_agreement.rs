@@ -160,7 +160,7 @@ fn mask_matched(body: &[u8], checks: &[HeaderCheck]) -> Vec<u8> {
         let Some(len) = text[start..].find('"') else {
             continue;
         };
-        if re.is_match(text[start..start + len].as_bytes()) {
+        if re.is_match(&text.as_bytes()[start..start + len]) {
             text.replace_range(start..start + len, "~");
         }
     }
