@@ -63,7 +63,9 @@ pub struct TransferQuota {
 
 /// One exchange's transfer, kept in the policy's slot between its phases.
 struct Transfer {
-    subject: String,
+    /// `None` until the request phase ran: body chunks can stream past while an earlier
+    /// policy's call-out holds the request phase, and they count too.
+    subject: Option<String>,
     /// The count when the request started.
     before: u64,
     /// Bytes counted so far.
@@ -75,14 +77,20 @@ struct Transfer {
 impl TransferQuota {
     fn count(&self, cx: &mut Context, bytes: usize, upload: bool) {
         let limit = self.config.limit;
+        if cx.slot::<Transfer>().is_none() {
+            cx.set_slot(Transfer {
+                subject: None,
+                before: 0,
+                bytes: 0,
+                announced: false,
+            });
+        }
         let Some(t) = cx.slot::<Transfer>() else {
             return;
         };
         t.bytes = t.bytes.saturating_add(bytes as u64);
-        let (announced, left) = (
-            t.announced,
-            limit.saturating_sub(t.before.saturating_add(t.bytes)),
-        );
+        let announced = t.announced && t.subject.is_some();
+        let left = limit.saturating_sub(t.before.saturating_add(t.bytes));
         // The upload is known before the response headers go out: show what is left after it,
         // as Apiman does.
         if upload && announced {
@@ -126,11 +134,14 @@ impl Policy for TransferQuota {
         if before >= limit {
             return limits::exceeded(&TRANSFER_QUOTA, &self.config.headers, limit, reset);
         }
-        let announced = limits::announce(cx, &self.config.headers, limit, limit - before, reset);
+        // Bytes that streamed past before this phase ran (see `Transfer::subject`).
+        let early = cx.slot::<Transfer>().map_or(0, |t| t.bytes);
+        let left = limit.saturating_sub(before.saturating_add(early));
+        let announced = limits::announce(cx, &self.config.headers, limit, left, reset);
         cx.set_slot(Transfer {
-            subject,
+            subject: Some(subject),
             before,
-            bytes: 0,
+            bytes: early,
             announced,
         });
         Verdict::Continue
@@ -154,11 +165,11 @@ impl Policy for TransferQuota {
         let Some(t) = cx.slot::<Transfer>() else {
             return;
         };
-        if t.bytes == 0 {
+        // No subject: the request phase never ran (refused before it), nothing to count.
+        let Some(subject) = t.subject.take().filter(|_| t.bytes > 0) else {
             return;
-        }
-        let (subject, bytes) = (std::mem::take(&mut t.subject), t.bytes);
-        t.bytes = 0;
+        };
+        let bytes = std::mem::take(&mut t.bytes);
         // The window the stream ended in (a long download may end in the next one).
         let now = limits::unix_seconds(cx.host.now());
         let counter = Counter {
@@ -294,6 +305,35 @@ mod tests {
         let mut f = Fixture::new();
         exchange(p.as_ref(), &mut f, 0, 0);
         assert_eq!(f.host.calls.shared_set, 0);
+    }
+
+    #[test]
+    fn bytes_that_stream_past_before_the_request_phase_count_too() {
+        // An earlier policy's call-out holds the request phase while the body streams.
+        let p = policy("upload", 100);
+        let mut f = Fixture::new();
+        f.state = crate::policy::RequestState {
+            api_key: Some("k1".into()),
+            ..Default::default()
+        };
+        let id = ClientIdentity {
+            organization_id: "Org".into(),
+            client_id: "app".into(),
+            version: "1".into(),
+        };
+        let mut cx = f.cx();
+        cx.client = Some(&id);
+        p.on_request_data(&mut cx, 30, true);
+        assert!(is_continue(
+            &p.on_request(&mut cx, &mut request("POST", &[]))
+        ));
+        p.on_complete(&mut cx);
+        assert_eq!(remaining(&f), Some("70"));
+        assert!(is_continue(&exchange(p.as_ref(), &mut f, 70, 0)));
+        assert!(matches!(
+            exchange(p.as_ref(), &mut f, 0, 0),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]
