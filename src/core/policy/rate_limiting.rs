@@ -126,6 +126,16 @@ mod tests {
     }
 
     #[test]
+    fn an_admitted_request_costs_one_read_and_one_write_and_a_refused_one_a_read() {
+        let p = policy(json!({"limit": 1, "granularity": "Client", "period": "Day"}));
+        let mut f = Fixture::new();
+        keyed(p.as_ref(), &mut f, "k1", &[]);
+        assert_eq!((f.host.calls.shared_get, f.host.calls.shared_set), (1, 1));
+        keyed(p.as_ref(), &mut f, "k1", &[]);
+        assert_eq!((f.host.calls.shared_get, f.host.calls.shared_set), (2, 1));
+    }
+
+    #[test]
     fn a_new_window_starts_a_new_count() {
         let p = policy(json!({"limit": 1, "granularity": "Client", "period": "Second"}));
         let mut f = Fixture::new();

@@ -300,6 +300,14 @@ mod tests {
     }
 
     #[test]
+    fn an_exchange_costs_one_read_then_one_read_and_one_write_at_its_end() {
+        let p = policy("both", 1_000_000);
+        let mut f = Fixture::new();
+        exchange(p.as_ref(), &mut f, 4096, 65536);
+        assert_eq!((f.host.calls.shared_get, f.host.calls.shared_set), (2, 1));
+    }
+
+    #[test]
     fn an_exchange_without_bodies_writes_nothing() {
         let p = policy("both", 100);
         let mut f = Fixture::new();
