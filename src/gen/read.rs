@@ -189,16 +189,14 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A TCP port, 1 to 65535.
+    /// A TCP port to listen on, 0 to 65535 (0: the OS picks one, as tests and ephemeral
+    /// gateways use).
     pub fn port(&self, name: &str, errors: &mut Vec<String>) -> Option<u16> {
         let (path, value) = self.get(name)?;
-        let port = value
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|p| *p > 0);
+        let port = value.as_u64().and_then(|n| u16::try_from(n).ok());
         if port.is_none() {
             errors.push(format!(
-                "{path}: expected a port (1-65535), found {}",
+                "{path}: expected a port (0-65535), found {}",
                 describe(value)
             ));
         }
@@ -350,7 +348,7 @@ mod tests {
             errors,
             [
                 "x.verify: expected true or false, found \"no\"",
-                "x.port: expected a port (1-65535), found 70000",
+                "x.port: expected a port (0-65535), found 70000",
                 "x.name: expected a string, found a list",
             ]
         );

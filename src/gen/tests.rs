@@ -166,7 +166,7 @@ fn an_unknown_field_a_wrong_type_and_a_registry_error_are_reported_in_one_run() 
     assert!(
         has(
             &p,
-            &at("admin.port: expected a port (1-65535), found \"http\"")
+            &at("admin.port: expected a port (0-65535), found \"http\"")
         ),
         "{p:#?}"
     );
