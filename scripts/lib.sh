@@ -61,6 +61,16 @@ ensure_cert_tools() {
   fi
 }
 
+# redis-server (the limit tests' shared counter store), from Debian when missing.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null; then
+    say "installing redis-server (Debian package)"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq redis-server >&2
+  fi
+}
+
 build_wasm() {
   ensure_wasm_target
   say "building the filter (wasm32-wasip1, release)"

@@ -121,6 +121,7 @@ pub(crate) mod abi {
             value: *const u8,
             value_size: usize,
         ) -> u32;
+        fn proxy_get_status(code: *mut u32, data: *mut *mut u8, size: *mut usize) -> u32;
     }
 
     /// A counter (metric type 0), defined once per VM.
@@ -255,6 +256,18 @@ pub(crate) mod abi {
 
     pub fn resume(stream: u32) -> u32 {
         unsafe { proxy_continue_stream(stream) }
+    }
+
+    /// The status of the last gRPC call that closed (its code and message).
+    pub fn grpc_status() -> Option<(u32, String)> {
+        let (mut code, mut data, mut size) = (0u32, null_mut(), 0usize);
+        match unsafe { proxy_get_status(&mut code, &mut data, &mut size) } {
+            OK => Some((
+                code,
+                String::from_utf8_lossy(&unsafe { owned(data, size) }).into_owned(),
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -812,26 +825,52 @@ impl Filter {
 }
 
 /// Dispatches through the SDK, which must know the token to route the answer back to this
-/// stream's context. Envoy answers `Ok`, `BadArgument` (unknown cluster, missing pseudo-headers)
-/// or `InternalFailure`, the statuses the SDK handles without panicking.
+/// stream's context. For HTTP, Envoy answers `Ok`, `BadArgument` (unknown cluster, missing
+/// pseudo-headers) or `InternalFailure`; for gRPC, `Ok`, `ParseFailure` (unknown cluster) or
+/// `InternalFailure` (`BadArgument` only for a malformed service definition, which a cluster
+/// name cannot be): the statuses the SDK handles without panicking.
 fn dispatch(call: &CallOut) -> Result<u32, u32> {
-    let pairs: Vec<(&str, &str)> = call
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    proxy_wasm::hostcalls::dispatch_http_call(
-        &call.cluster,
-        pairs,
-        call.body.as_deref(),
-        Vec::new(),
-        call.timeout,
-    )
+    match &call.grpc {
+        None => {
+            let pairs: Vec<(&str, &str)> = call
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            proxy_wasm::hostcalls::dispatch_http_call(
+                &call.cluster,
+                pairs,
+                call.body.as_deref(),
+                Vec::new(),
+                call.timeout,
+            )
+        }
+        Some(method) => {
+            let metadata: Vec<(&str, &[u8])> = call
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                .collect();
+            proxy_wasm::hostcalls::dispatch_grpc_call(
+                &call.cluster,
+                &method.service,
+                &method.method,
+                metadata,
+                Some(call.body.as_deref().unwrap_or_default()),
+                call.timeout,
+            )
+        }
+    }
     .map_err(|status| status as u32)
 }
 
-impl Context for Filter {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
+/// gRPC's receive buffer (`BufferType::GrpcReceiveBuffer`).
+const GRPC_RECEIVE_BUFFER: u32 = 5;
+
+impl Filter {
+    /// The answer to the call-out `token` (HTTP or gRPC): the phase that waited for it
+    /// finishes, and what follows it, before the stream may move on.
+    fn on_answer(&mut self, token: u32, response: impl FnOnce() -> CallResponse) {
         let Some((expected, dir)) = self.waiting else {
             log::debug!("tollgate: an answer to call-out {token} nobody waits for");
             return;
@@ -841,22 +880,7 @@ impl Context for Filter {
             return;
         }
         self.waiting = None;
-        let headers = abi::get_map(MapType::HttpCallResponseHeaders as u32)
-            .map(|b| deserialize_map(&b))
-            .unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body = abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size)
-            .unwrap_or_default();
-        let response = CallResponse {
-            cluster: String::new(),
-            status,
-            headers,
-            body,
-        };
+        let response = response();
         let Some(exchange) = self.exchange.as_mut() else {
             return;
         };
@@ -873,7 +897,6 @@ impl Context for Filter {
             // A reply was sent, or another call-out is on its way.
             return;
         }
-        // The phase that waited is done; what follows it, before the stream may move on.
         let needs_body = self
             .exchange
             .as_ref()
@@ -896,6 +919,56 @@ impl Context for Filter {
         if action == Action::Continue {
             self.resume(dir);
         }
+    }
+}
+
+impl Context for Filter {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
+        self.on_answer(token, || {
+            let headers = abi::get_map(MapType::HttpCallResponseHeaders as u32)
+                .map(|b| deserialize_map(&b))
+                .unwrap_or_default();
+            let status = headers
+                .iter()
+                .find(|(k, _)| k == ":status")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let body = abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size)
+                .unwrap_or_default();
+            CallResponse {
+                cluster: String::new(),
+                status,
+                headers,
+                body,
+            }
+        });
+    }
+
+    /// A unary gRPC call ended: with its response message (`status_code` 0), or with a gRPC
+    /// status (unreachable, timeout, an error the service returned).
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        self.on_answer(token, || {
+            if status_code == 0 {
+                let body =
+                    abi::get_buffer(GRPC_RECEIVE_BUFFER, 0, response_size).unwrap_or_default();
+                return CallResponse {
+                    cluster: String::new(),
+                    status: 200,
+                    headers: vec![("grpc-status".to_string(), "0".to_string())],
+                    body,
+                };
+            }
+            let message = abi::grpc_status().map(|(_, m)| m).unwrap_or_default();
+            CallResponse {
+                cluster: String::new(),
+                status: 0,
+                headers: vec![
+                    ("grpc-status".to_string(), status_code.to_string()),
+                    ("grpc-message".to_string(), message),
+                ],
+                body: Vec::new(),
+            }
+        });
     }
 }
 

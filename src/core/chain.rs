@@ -235,6 +235,7 @@ mod tests {
                     headers: vec![],
                     body: None,
                     timeout: Duration::from_secs(1),
+                    grpc: None,
                 });
             }
             if self.fail {

@@ -10,13 +10,20 @@
 //!   more than `SLOTS` keys, whatever clients send (an address-keyed limit faces the internet).
 //! - A slot's value carries the window it counts for and one entry per subject seen in it
 //!   (a 64-bit fingerprint and a count). A write in a later window drops the old entries: the
-//!   window lives in the value, not in the key, so windows never leak keys.
+//!   window lives in the value, not in the key, so windows never leak keys. A write for an
+//!   *earlier* window (a worker whose clock read came just before the window turned) never
+//!   overwrites a later one: it counts in the later window instead.
+//! - A slot holds at most `MAX_ENTRIES` subjects per window. Further subjects in that window
+//!   share one overflow entry: they are limited together (never over-admitted), and a slot's
+//!   value never grows past `HEADER + (MAX_ENTRIES + 1) * ENTRY` bytes, whatever clients send.
 //! - One read and one CAS write per request in the common case; a refusal writes nothing.
 //!   Under contention the write is retried up to `CAS_RETRIES` times with a fresh read; after
 //!   that the operation reports `Contended` and the policy refuses the request (fail closed:
 //!   a limit is never exceeded because workers raced).
 //! - `sweep` rewrites slots whose window has passed, so stale entries of subjects that went
-//!   quiet do not keep their memory; policies call it from their tick.
+//!   quiet do not keep their memory; policies call `sweep_step` from their tick, which claims
+//!   the next batch of slots through a shared cursor (one batch per second for all workers
+//!   together, not one per worker).
 
 use std::ops::Range;
 
@@ -27,9 +34,17 @@ use crate::host::{Host, SharedError, CAS_RETRIES, CREATE_CAS};
 /// Slots per policy instance: the most keys one instance can create.
 pub const SLOTS: u32 = 1 << 16;
 
+/// Subjects one slot counts separately per window; more share the overflow entry.
+pub const MAX_ENTRIES: usize = 64;
+
 const VERSION: u8 = 1;
 const HEADER: usize = 9;
 const ENTRY: usize = 16;
+/// The fingerprint of the overflow entry (no subject's fingerprint is 0: see `locate`).
+const OVERFLOW: u64 = 0;
+
+/// The most bytes one slot's value takes.
+pub const MAX_SLOT_BYTES: usize = HEADER + (MAX_ENTRIES + 1) * ENTRY;
 
 /// A counting window: `[start, end)` in Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +139,9 @@ impl Counter<'_> {
         let slot = u32::from(u16::from_be_bytes([digest[0], digest[1]])) % SLOTS;
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&digest[8..16]);
-        (slot_key(self.instance, slot), u64::from_le_bytes(fp))
+        // 0 is the overflow entry's.
+        let fp = u64::from_le_bytes(fp).max(1);
+        (slot_key(self.instance, slot), fp)
     }
 }
 
@@ -157,7 +174,9 @@ struct Slot {
 }
 
 impl Slot {
-    /// Reads a slot value; anything unreadable (or from another window) counts as empty.
+    /// Reads a slot value for `window`: its entries if it counts for that window or a later
+    /// one (then the slot keeps the later window), else nothing. Anything unreadable counts as
+    /// empty.
     fn parse(bytes: Option<&[u8]>, window: Window) -> Slot {
         let empty = Slot {
             window_start: window.start,
@@ -174,7 +193,8 @@ impl Slot {
             b.copy_from_slice(&bytes[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        if u64_at(1) != window.start {
+        let stored = u64_at(1);
+        if stored < window.start {
             return empty;
         }
         let entries = (HEADER..bytes.len())
@@ -182,12 +202,27 @@ impl Slot {
             .map(|at| (u64_at(at), u64_at(at + 8)))
             .collect();
         Slot {
-            window_start: window.start,
+            window_start: stored,
             entries,
         }
     }
 
+    /// The entry `fp` counts in: its own, a new one while the slot has room, else the
+    /// overflow entry.
+    fn entry_for(&self, fp: u64) -> u64 {
+        if self.entries.iter().any(|(f, _)| *f == fp) {
+            return fp;
+        }
+        let own = self.entries.iter().filter(|(f, _)| *f != OVERFLOW).count();
+        if own < MAX_ENTRIES {
+            fp
+        } else {
+            OVERFLOW
+        }
+    }
+
     fn count(&self, fp: u64) -> u64 {
+        let fp = self.entry_for(fp);
         self.entries
             .iter()
             .find(|(f, _)| *f == fp)
@@ -195,6 +230,7 @@ impl Slot {
     }
 
     fn set(&mut self, fp: u64, count: u64) {
+        let fp = self.entry_for(fp);
         match self.entries.iter_mut().find(|(f, _)| *f == fp) {
             Some(e) => e.1 = count,
             None => self.entries.push((fp, count)),
@@ -301,6 +337,41 @@ pub fn sweep(host: &mut dyn Host, instance: &str, slots: Range<u32>, window: Win
         }
     }
     swept
+}
+
+/// Slots one `sweep_step` visits.
+pub const SWEEP_BATCH: u32 = 128;
+
+/// One step of the sweep of `instance`'s slots, shared by every worker: the first worker to
+/// call it in a second (`now`, Unix seconds) claims the next `SWEEP_BATCH` slots through a
+/// shared cursor (one CAS write) and sweeps them; the others find the batch claimed and do
+/// nothing. A whole pass takes `SLOTS / SWEEP_BATCH` seconds (about 9 minutes). Returns the
+/// slots rewritten.
+pub fn sweep_step(host: &mut dyn Host, instance: &str, window: Window, now: u64) -> usize {
+    let key = format!("tollgate.sweep.{instance}");
+    let current = host.shared_get(&key);
+    let (next, last) = match current.as_ref().map(|(v, _)| v.as_slice()) {
+        Some(v) if v.len() == 12 => {
+            let mut n = [0u8; 4];
+            n.copy_from_slice(&v[..4]);
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&v[4..]);
+            (u32::from_le_bytes(n) % SLOTS, u64::from_le_bytes(t))
+        }
+        _ => (0, 0),
+    };
+    if last >= now {
+        return 0;
+    }
+    let mut claim = Vec::with_capacity(12);
+    claim.extend_from_slice(&((next + SWEEP_BATCH) % SLOTS).to_le_bytes());
+    claim.extend_from_slice(&now.to_le_bytes());
+    let cas = current.map_or(CREATE_CAS, |(_, cas)| cas);
+    if host.shared_set(&key, &claim, cas).is_err() {
+        // Another worker claimed this batch.
+        return 0;
+    }
+    sweep(host, instance, next..next + SWEEP_BATCH, window)
 }
 
 #[cfg(test)]
@@ -426,6 +497,78 @@ mod tests {
         assert_eq!(sweep(&mut host, "i1", 0..SLOTS, next), 1);
         assert_eq!(read(&mut host, c("new"), next), 1);
         assert_eq!(sweep(&mut host, "i1", 0..SLOTS, next), 0);
+    }
+
+    #[test]
+    fn a_write_for_an_earlier_window_counts_in_the_later_one() {
+        let mut host = MemoryHost::default();
+        let next = Window {
+            start: 1_060,
+            end: 1_120,
+        };
+        add(&mut host, c("a"), next, 5).unwrap();
+        // A worker that read the clock just before the window turned.
+        assert_eq!(add(&mut host, c("a"), W, 1), Ok(6));
+        assert_eq!(read(&mut host, c("a"), next), 6);
+    }
+
+    #[test]
+    fn subjects_beyond_a_full_slot_share_the_overflow_entry() {
+        let mut host = MemoryHost::default();
+        let (key, fp) = c("a").locate();
+        // The slot of "a" already holds MAX_ENTRIES other subjects in this window.
+        let full = Slot {
+            window_start: W.start,
+            entries: (0..MAX_ENTRIES as u64).map(|i| (fp ^ (i + 1), 1)).collect(),
+        };
+        host.shared_set(&key, &full.encode(), 0).unwrap();
+        assert_eq!(
+            admit(&mut host, c("a"), W, 1, 2),
+            Ok(Admission::Admitted(1))
+        );
+        assert_eq!(
+            admit(&mut host, c("a"), W, 1, 2),
+            Ok(Admission::Admitted(2))
+        );
+        assert_eq!(admit(&mut host, c("a"), W, 1, 2), Ok(Admission::Refused(2)));
+        let slot = Slot::parse(host.shared_get(&key).map(|(v, _)| v).as_deref(), W);
+        // "a" counted in the overflow entry, shared with any later newcomer ...
+        assert_eq!(slot.count(fp ^ 0xdead_0000), 2);
+        // ... while the subjects with their own entry kept theirs.
+        assert_eq!(slot.count(fp ^ 1), 1);
+        assert!(host.shared_get(&key).unwrap().0.len() <= MAX_SLOT_BYTES);
+    }
+
+    #[test]
+    fn one_sweep_step_per_second_for_all_workers_and_the_cursor_moves_on() {
+        let mut host = MemoryHost::default();
+        let next = Window {
+            start: 1_060,
+            end: 1_120,
+        };
+        // One stale subject in every slot of the first two batches.
+        let mut seen = std::collections::HashSet::new();
+        let mut i = 0;
+        while seen.len() < 2 * SWEEP_BATCH as usize {
+            let s = format!("x{i}");
+            i += 1;
+            let (key, _) = c(&s).locate();
+            let slot = u32::from_str_radix(key.rsplit('.').next().unwrap(), 16).unwrap();
+            if slot < 2 * SWEEP_BATCH && seen.insert(slot) {
+                add(&mut host, c(&s), W, 1).unwrap();
+            }
+        }
+        assert_eq!(
+            sweep_step(&mut host, "i1", next, 1_061),
+            SWEEP_BATCH as usize
+        );
+        // Another worker in the same second: the batch is taken.
+        assert_eq!(sweep_step(&mut host, "i1", next, 1_061), 0);
+        assert_eq!(
+            sweep_step(&mut host, "i1", next, 1_062),
+            SWEEP_BATCH as usize
+        );
+        assert_eq!(sweep_step(&mut host, "i1", next, 1_063), 0);
     }
 
     #[test]

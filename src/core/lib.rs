@@ -19,6 +19,7 @@ pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod registry;
+pub mod rls;
 pub mod tz;
 
 use config::Env;

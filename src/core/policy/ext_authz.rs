@@ -225,6 +225,7 @@ impl ExtAuthz {
             headers,
             body: None,
             timeout: self.timeout,
+            grpc: None,
         }
     }
 

@@ -25,11 +25,15 @@ pub mod jose;
 pub mod jsonp;
 pub mod jwt;
 pub mod keycloak_oauth;
+mod limits;
+pub mod quota;
+pub mod rate_limiting;
 mod role_rules;
 pub mod simple_header;
 pub mod soap_authorization;
 pub mod time_restricted;
 pub mod timeout;
+pub mod transfer_quota;
 pub mod transport;
 pub mod url_rewriting;
 
@@ -119,21 +123,36 @@ impl PhaseSet {
     }
 }
 
-/// An HTTP call a policy needs answered before it can decide (a JWKS fetch, an introspection).
-/// The exchange pauses the stream (headers, data and trailers are held), the adapter dispatches
-/// it, and the same policy's `on_call_response` continues the phase that started it.
+/// A call a policy needs answered before it can decide (a JWKS fetch, an introspection, a rate
+/// limit service): HTTP, or a unary gRPC call when `grpc` names the method. The exchange pauses
+/// the stream (headers, data and trailers are held), the adapter dispatches it, and the same
+/// policy's `on_call_response` continues the phase that started it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOut {
-    /// The Envoy cluster to send the call to.
+    /// The Envoy cluster to send the call to (HTTP/2 for gRPC).
     pub cluster: String,
-    /// Must include `:method`, `:path` and `:authority`.
+    /// HTTP: the headers, which must include `:method`, `:path` and `:authority`. gRPC: the
+    /// initial metadata.
     pub headers: Vec<(String, String)>,
+    /// HTTP: the body. gRPC: the serialized request message.
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// Set for a gRPC call (boxed: keeps `CallOut` small on the HTTP path).
+    pub grpc: Option<Box<GrpcMethod>>,
+}
+
+/// The gRPC method a `CallOut` calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcMethod {
+    /// The fully qualified service, e.g. `envoy.service.ratelimit.v3.RateLimitService`.
+    pub service: String,
+    pub method: String,
 }
 
 /// The answer to a `CallOut`. `status` is 0 when there was none: the call could not be sent
-/// (no such cluster), timed out, or the connection was reset.
+/// (no such cluster), timed out, or the connection was reset. A gRPC answer is `status` 200
+/// with the response message as `body` when the call succeeded (gRPC status 0); any other gRPC
+/// status is `status` 0 with `grpc-status` and `grpc-message` in `headers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallResponse {
     /// The cluster the call went to.
@@ -326,6 +345,8 @@ pub struct RequestState {
     keep_backend: bool,
     /// The backend's response as it arrived: status, headers, and the body once it was read.
     pub backend: Option<BackendResponse>,
+    /// Policy instances that acted once already in this request (see `Context::first_time`).
+    pub acted: Vec<String>,
 }
 
 /// The backend's response as it reached the gateway, before any policy changed it.
@@ -471,6 +492,17 @@ impl Context<'_> {
         self.state.backend.as_ref()
     }
 
+    /// Whether the policy instance `instance` acts for the first time in this request, and
+    /// records that it does. A policy that appears twice in one chain (the same configuration
+    /// in a plan and in its API) is one policy: a limit counts a request once.
+    pub fn first_time(&mut self, instance: &str) -> bool {
+        if self.state.acted.iter().any(|i| i == instance) {
+            return false;
+        }
+        self.state.acted.push(instance.to_string());
+        true
+    }
+
     /// This policy's private per-request value, if it stored one.
     pub fn slot<T: 'static>(&mut self) -> Option<&mut T> {
         self.state
@@ -611,33 +643,9 @@ pub const KINDS: &[PolicyKind] = &[
     caching::KIND,
     jwt::KIND,
     keycloak_oauth::KIND,
-];
-
-/// An Apiman policy tollgate knows but does not implement yet. A registry using one is refused
-/// rather than loaded without it: silently skipping an authentication or limiting policy would
-/// open the API.
-pub struct PlannedKind {
-    pub id: &'static str,
-    pub apiman_names: &'static [&'static str],
-    pub name: &'static str,
-}
-
-pub const NOT_YET_IMPLEMENTED: &[PlannedKind] = &[
-    PlannedKind {
-        id: "rate-limiting",
-        apiman_names: &["RateLimitingPolicy", "rate-limiting"],
-        name: "Rate Limiting",
-    },
-    PlannedKind {
-        id: "quota",
-        apiman_names: &["QuotaPolicy", "quota"],
-        name: "Quota",
-    },
-    PlannedKind {
-        id: "transfer-quota",
-        apiman_names: &["TransferQuotaPolicy", "transfer-quota"],
-        name: "Transfer Quota",
-    },
+    rate_limiting::KIND,
+    quota::KIND,
+    transfer_quota::KIND,
 ];
 
 fn named(id: &str, names: &[&str], name: &str) -> bool {
@@ -647,14 +655,6 @@ fn named(id: &str, names: &[&str], name: &str) -> bool {
 /// Finds a policy kind by tollgate id or any Apiman name.
 pub fn kind_by_name(name: &str) -> Option<&'static PolicyKind> {
     KINDS.iter().find(|k| named(k.id, k.apiman_names, name))
-}
-
-/// The tollgate id of a known but not yet implemented Apiman policy.
-pub fn not_yet_implemented(name: &str) -> Option<&'static str> {
-    NOT_YET_IMPLEMENTED
-        .iter()
-        .find(|k| named(k.id, k.apiman_names, name))
-        .map(|k| k.id)
 }
 
 #[cfg(test)]
@@ -689,7 +689,9 @@ pub(crate) mod testing {
         settings: &GatewaySettings,
     ) -> (Option<Box<dyn Policy>>, Problems) {
         let mut problems = Problems::default();
-        let mut cx = BuildContext::new("test", settings, env);
+        // The instance id the registry would give it: distinct configurations count apart.
+        let id = crate::registry::instance_id(kind.id, &config);
+        let mut cx = BuildContext::new(&id, settings, env);
         let policy = Fields::of(&config, "config", &mut problems).and_then(|mut fields| {
             let p = (kind.build)(&mut cx, &mut fields, &mut problems);
             fields.finish(&mut problems);

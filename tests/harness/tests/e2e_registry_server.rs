@@ -426,19 +426,22 @@ fn a_publish_tollgate_refuses_gets_apimans_error_and_the_running_registry_serves
 }
 
 #[test]
-fn a_contract_with_a_policy_tollgate_does_not_implement_is_refused() {
+fn apimans_rate_limiting_contract_registers_and_refuses_the_sixth_request_in_the_hour() {
     let Some(mut guard) = gateway() else { return };
     let gw = guard.as_mut().unwrap();
     gw.check("policies/rate-limiting/001-publish-api.resttest");
-    let t = gw.fixture("policies/rate-limiting/002-register-client.resttest");
-    let r = gw.api("PUT", "/clients", t.body.as_bytes());
-    assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!(r.json()["errorType"], "RegistrationException");
-    let message = r.json()["message"].as_str().unwrap().to_string();
-    assert!(message.contains("does not implement yet"), "{message}");
-    assert!(gw
-        .list("/organizations/Policy_RateLimitingTest/clients")
-        .is_empty());
+    gw.check("policies/rate-limiting/002-register-client.resttest");
+    let key = [("X-API-Key", "12345")];
+    let path = "/Policy_RateLimitingTest/echo/1.0.0/path";
+    let first = gw.wait_status(path, &key, 200);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("5"));
+    for n in 2..=5 {
+        let r = gw.envoy.get(path, &key).unwrap();
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+    }
+    let r = gw.envoy.get(path, &key).unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
 }
 
 #[test]

@@ -187,6 +187,7 @@ impl Remote {
                 ("accept".to_string(), "application/json".to_string()),
             ],
             body: None,
+            grpc: None,
             timeout: self.timeout,
         }
     }

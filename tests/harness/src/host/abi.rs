@@ -33,6 +33,7 @@ pub(super) const MAP_CALL_RESPONSE_TRAILERS: u32 = 7;
 pub(super) const BUFFER_REQUEST_BODY: u32 = 0;
 pub(super) const BUFFER_RESPONSE_BODY: u32 = 1;
 pub(super) const BUFFER_CALL_RESPONSE_BODY: u32 = 4;
+pub(super) const BUFFER_GRPC_RECEIVE: u32 = 5;
 pub(super) const BUFFER_VM_CONFIGURATION: u32 = 6;
 pub(super) const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -45,15 +46,19 @@ pub struct LocalReplyRequest {
     pub body: Vec<u8>,
 }
 
-/// An HTTP call the filter dispatched and the host has not answered yet.
+/// A call the filter dispatched and the host has not answered yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCall {
     pub token: u32,
     pub context_id: u32,
     pub cluster: String,
+    /// HTTP: the call's headers. gRPC: the request Envoy would send (`:method POST`,
+    /// `:path /<service>/<method>`, `:authority` the cluster) and the initial metadata.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u32,
+    /// For a gRPC call: the service and the method.
+    pub grpc: Option<(String, String)>,
 }
 
 /// What the host hands the filter while it answers a call-out.
@@ -210,7 +215,8 @@ impl VmHost {
                 .as_mut()
                 .and_then(|s| s.response_body.visible())
                 .ok_or(status::NOT_FOUND),
-            BUFFER_CALL_RESPONSE_BODY => self
+            // A gRPC call's response message is handed over the same way as an HTTP answer.
+            BUFFER_CALL_RESPONSE_BODY | BUFFER_GRPC_RECEIVE => self
                 .call_response
                 .as_mut()
                 .map(|c| &mut c.body)
@@ -767,6 +773,7 @@ extern "C" fn proxy_http_call(
             headers: pairs,
             body,
             timeout_ms,
+            grpc: None,
         });
         Ok(token)
     });
@@ -779,24 +786,67 @@ extern "C" fn proxy_http_call(
 
 // ---- gRPC, foreign functions, metrics, status --------------------------------------------
 
-// tollgate makes no gRPC calls; Envoy would need a gRPC cluster for them, which the replay
-// has no recording of. They are refused rather than faked.
+/// Dispatches a unary gRPC call, answered from the stubs like an HTTP call (see
+/// `super::grpc`). Like Envoy, refuses a cluster it does not know with `ParseFailure` (the
+/// service argument is a cluster name, not a serialized `GrpcService`).
+#[allow(clippy::too_many_arguments)]
 #[no_mangle]
 extern "C" fn proxy_grpc_call(
-    _a: *const u8,
-    _b: usize,
-    _c: *const u8,
-    _d: usize,
-    _e: *const u8,
-    _f: usize,
-    _g: *const u8,
-    _h: usize,
-    _i: *const u8,
-    _j: usize,
-    _timeout: u32,
-    _out: *mut u32,
+    service_def: *const u8,
+    service_def_len: usize,
+    service: *const u8,
+    service_len: usize,
+    method: *const u8,
+    method_len: usize,
+    metadata: *const u8,
+    metadata_len: usize,
+    message: *const u8,
+    message_len: usize,
+    timeout_ms: u32,
+    token_out: *mut u32,
 ) -> u32 {
-    status::UNIMPLEMENTED
+    const PARSE_FAILURE: u32 = 4;
+    let cluster = text(service_def, service_def_len);
+    let (service, method) = (text(service, service_len), text(method, method_len));
+    let metadata_bytes = unsafe { bytes(metadata, metadata_len) };
+    let metadata = if metadata_bytes.is_empty() {
+        Vec::new()
+    } else {
+        match deserialize_pairs(metadata_bytes) {
+            Some(p) => p,
+            None => return status::BAD_ARGUMENT,
+        }
+    };
+    let body = unsafe { bytes(message, message_len) }.to_vec();
+    let token = with_vm(|vm| {
+        if !vm.settings.knows_call_cluster(&cluster) {
+            return Err(PARSE_FAILURE);
+        }
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), format!("/{service}/{method}")),
+            (":authority".to_string(), cluster.clone()),
+            ("content-type".to_string(), "application/grpc".to_string()),
+        ];
+        headers.extend(metadata);
+        let token = vm.next_token;
+        vm.next_token = vm.next_token.wrapping_add(1).max(1);
+        vm.pending_calls.push(PendingCall {
+            token,
+            context_id: vm.effective_context,
+            cluster,
+            headers,
+            body,
+            timeout_ms,
+            grpc: Some((service, method)),
+        });
+        Ok(token)
+    });
+    match token {
+        None => NO_VM,
+        Some(Err(s)) => s,
+        Some(Ok(t)) => put(token_out, t),
+    }
 }
 
 #[no_mangle]

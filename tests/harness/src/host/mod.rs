@@ -14,6 +14,7 @@
 //! This module is only ever built for native targets: the wasm build of tollgate never sees it.
 
 pub mod abi;
+mod grpc;
 pub mod headers;
 mod shared;
 mod stream;
@@ -419,6 +420,8 @@ mod guest {
             body_size: usize,
             trailers: usize,
         );
+        pub fn proxy_on_grpc_receive(context_id: u32, token: u32, response_size: usize);
+        pub fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32);
         pub fn proxy_on_log(context_id: u32);
         pub fn proxy_on_done(context_id: u32) -> bool;
         pub fn proxy_on_delete(context_id: u32);

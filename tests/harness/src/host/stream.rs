@@ -1051,6 +1051,11 @@ impl<'a> Run<'a> {
                 }
             }
         };
+        if call.grpc.is_some() {
+            super::grpc::answer(&call, stub.as_ref());
+            self.after_guest(None);
+            return;
+        }
         let (nh, nb, nt) = (data.headers.len(), data.body.len(), data.trailers.len());
         abi::with_vm(|vm| vm.call_response = Some(data));
         set_effective(call.context_id);
