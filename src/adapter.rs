@@ -431,19 +431,20 @@ impl RootContext for Root {
         true
     }
 
-    fn on_configure(&mut self, _: usize) -> bool {
+    fn on_configure(&mut self, size: usize) -> bool {
         init_logging();
-        let config = abi::get_buffer(BufferType::PluginConfiguration as u32, 0, usize::MAX)
-            .unwrap_or_default();
+        // The registry is read from the host in chunks, never whole: a wasm VM's memory never
+        // shrinks, so a 150 MB registry read at once would stay the VM's size for good.
+        let config = tollgate_core::config::ReadDocument(|| HostConfig { offset: 0, size });
         // The VM's environment is Envoy's `vm_config.environment_variables` (WASI environ).
         let env = |name: &str| std::env::var(name).ok();
-        match tollgate_core::load(&config, &env) {
+        match tollgate_core::load_document(&config, &env) {
             Ok(loaded) => {
-                log_warnings_once(&config, &loaded.warnings);
+                log_warnings_once(&loaded.warnings);
                 log::debug!(
                     "loaded {} APIs and {} clients",
                     loaded.registry.apis().len(),
-                    loaded.registry.clients().len()
+                    loaded.registry.client_count()
                 );
                 // Stats are handed to Envoy on the tick, and policies may sweep on it.
                 self.set_tick_period(TICK);
@@ -488,12 +489,36 @@ impl RootContext for Root {
     }
 }
 
+/// The plugin configuration, read from the host a chunk at a time.
+struct HostConfig {
+    offset: usize,
+    /// Its size, as Envoy announced it.
+    size: usize,
+}
+
+impl std::io::Read for HostConfig {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(self.size.saturating_sub(self.offset));
+        if want == 0 {
+            return Ok(0);
+        }
+        let chunk = abi::get_buffer(BufferType::PluginConfiguration as u32, self.offset, want)
+            .map_err(|status| {
+                std::io::Error::other(format!("reading the configuration: status {status}"))
+            })?;
+        let n = chunk.len().min(want);
+        buf[..n].copy_from_slice(&chunk[..n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
 /// Every worker VM loads the configuration; only the first to get here logs its warnings.
-fn log_warnings_once(config: &[u8], warnings: &[String]) {
+fn log_warnings_once(warnings: &[String]) {
     if warnings.is_empty() {
         return;
     }
-    let digest = tollgate_core::registry::key_digest(&String::from_utf8_lossy(config));
+    let digest = tollgate_core::registry::key_digest(&warnings.join("\n"));
     let key = format!(
         "tollgate.config-warned.{}",
         digest[..8]

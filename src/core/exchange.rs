@@ -196,10 +196,8 @@ fn context<'a>(
     let client = client.and_then(|i| registry.client_at(i));
     Some(Context {
         api: &registered.api,
-        client: client.map(|c| &c.identity),
-        plan: client
-            .and_then(|c| c.contract(api))
-            .and_then(|c| c.plan.as_deref()),
+        client: client.map(|c| c.identity),
+        plan: client.and_then(|c| c.contract(api)).and_then(|c| c.plan),
         settings: &registry.settings,
         state,
         host,
@@ -277,9 +275,9 @@ impl Exchange {
         let client = self.client.and_then(|i| self.registry.client_at(i));
         Decision {
             api,
-            client: client.map(|c| c.identity.client_id.as_str()),
+            client: client.map(|c| c.identity.client_id),
             plan: match (client, self.api) {
-                (Some(c), Some(api)) => c.contract(api).and_then(|c| c.plan.as_deref()),
+                (Some(c), Some(api)) => c.contract(api).and_then(|c| c.plan),
                 _ => None,
             },
             outcome: self.outcome,
@@ -439,7 +437,7 @@ impl Exchange {
                 };
                 let Some(contract) = client.contract(api_index) else {
                     return self.gateway_error(GatewayError::NoContract {
-                        client_id: client.identity.client_id.clone(),
+                        client_id: client.identity.client_id.to_string(),
                         api_id: api.api_id.clone(),
                     });
                 };

@@ -35,9 +35,14 @@ pub struct Loaded {
 /// properties and environment-valued settings. On failure, returns one line per problem, each
 /// naming its JSON path.
 pub fn load(bytes: &[u8], env: Env) -> Result<Loaded, Vec<String>> {
-    let (config, mut problems) = config::parse(bytes, env);
+    load_document(&config::Bytes(bytes), env)
+}
+
+/// `load` for a document read in pieces (the plugin configuration, from the host).
+pub fn load_document(doc: &dyn config::Document, env: Env) -> Result<Loaded, Vec<String>> {
+    let mut problems = json::Problems::default();
     // Cross-references are checked even when parsing found problems, so one load reports all.
-    match Registry::build(config, env, &mut problems) {
+    match config::load_document(doc, env, &mut problems) {
         Some(registry) if problems.is_ok() => Ok(Loaded {
             registry,
             warnings: problems.warnings,

@@ -185,12 +185,13 @@ pub struct Api {
     pub upstream_authorization: Option<String>,
 }
 
-/// The client application a key belongs to (an Apiman client version).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub organization_id: String,
-    pub client_id: String,
-    pub version: String,
+/// The client application a key belongs to (an Apiman client version), as the registry holds
+/// it (borrowed: a million clients are not a million sets of strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIdentity<'a> {
+    pub organization_id: &'a str,
+    pub client_id: &'a str,
+    pub version: &'a str,
 }
 
 /// Who the request is, as far as authentication policies established it. Authorization, SOAP

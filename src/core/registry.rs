@@ -1,6 +1,12 @@
 //! The compiled registry: APIs, clients, their contracts with ready-to-run policy chains, and the
-//! API-key index. Built once per VM from the configuration's specs (compiling each distinct
-//! policy configuration once); read-only per request.
+//! API-key index. Built once per VM from the configuration (compiling each distinct policy
+//! configuration once, and keeping each distinct chain once); read-only per request.
+//!
+//! Built to hold a million keys per worker VM in a fraction of the memory a tree of strings
+//! would take: clients and contracts are small fixed-size records in flat vectors, client ids sit
+//! in one string arena, organisation ids, versions and plan names are interned, and keys are
+//! indexed by a 128-bit prefix of their SHA-256 digest. Contracts refer to shared chains by
+//! index: 200,000 Apiman contracts carrying the same aggregated policies share one chain.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -11,7 +17,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::chain::Chain;
-use crate::config::{ClientKey, Env, GatewayConfig, PolicySpec};
+use crate::config::{
+    ApiConfig, ClientConfig, ClientKey, Env, GatewayConfig, PlanConfig, PolicySpec,
+};
 use crate::json::{Fields, Problems};
 use crate::model::{Api, ClientIdentity, Endpoint, GatewaySettings};
 use crate::policy::{BuildContext, CallTarget, Policy};
@@ -29,20 +37,114 @@ pub struct RegisteredApi {
     pub preflight_chain: Chain,
 }
 
-pub struct Client {
-    pub identity: ClientIdentity,
-    /// Contract per API index.
-    contracts: FastMap<usize, Contract>,
+/// One client (an Apiman client version) as stored: 28 bytes.
+#[derive(Debug, Clone, Copy)]
+struct ClientRecord {
+    /// Interned organisation id and version.
+    org: u32,
+    version: u32,
+    /// The client id in the arena.
+    id_start: u32,
+    id_len: u32,
+    /// Its contracts: `contracts[first..first + count]`.
+    first_contract: u32,
+    contract_count: u32,
+    /// Which `clients[]` entry of the configuration it came from (for messages).
+    source: u32,
 }
 
-pub struct Contract {
-    pub plan: Option<String>,
-    pub chain: Chain,
+/// One contract as stored: 12 bytes.
+#[derive(Debug, Clone, Copy)]
+struct ContractRecord {
+    api: u32,
+    /// Interned plan name, or `NO_PLAN`.
+    plan: u32,
+    chain: u32,
 }
 
-impl Client {
-    pub fn contract(&self, api: usize) -> Option<&Contract> {
-        self.contracts.get(&api)
+const NO_PLAN: u32 = u32::MAX;
+
+/// A client of the registry, as the exchange and policies see it.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    pub identity: ClientIdentity<'a>,
+    registry: &'a Registry,
+    contracts: &'a [ContractRecord],
+}
+
+/// A client's contract with one API.
+pub struct Contract<'a> {
+    pub plan: Option<&'a str>,
+    pub chain: &'a Chain,
+}
+
+impl<'a> Client<'a> {
+    /// The contract with the API at index `api`.
+    pub fn contract(&self, api: usize) -> Option<Contract<'a>> {
+        let r = self.contracts.iter().find(|c| c.api as usize == api)?;
+        Some(Contract {
+            plan: (r.plan != NO_PLAN)
+                .then(|| self.registry.strings.get(r.plan))
+                .flatten(),
+            chain: self.registry.chains.get(r.chain as usize)?,
+        })
+    }
+}
+
+/// Strings that repeat across clients (organisation ids, versions, plan names), kept once.
+#[derive(Default)]
+struct Interner {
+    strings: Vec<Box<str>>,
+    index: FastMap<Box<str>, u32>,
+    /// The last few strings interned: clients in a row mostly share them.
+    recent: [Option<u32>; 4],
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        for i in self.recent.iter().flatten() {
+            if self.strings.get(*i as usize).is_some_and(|r| **r == *s) {
+                return *i;
+            }
+        }
+        let i = self.lookup(s);
+        self.recent.rotate_right(1);
+        self.recent[0] = Some(i);
+        i
+    }
+
+    fn lookup(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(s.into());
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    fn get(&self, i: u32) -> Option<&str> {
+        self.strings.get(i as usize).map(|s| &**s)
+    }
+}
+
+/// The first 128 bits of a key's SHA-256: the key index's key.
+type KeyId = [u8; 16];
+
+/// Hashes a `KeyId` by taking its first 8 bytes: they are already uniformly distributed (a
+/// digest), so hashing them again would only cost time.
+#[derive(Default)]
+pub struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 |= u64::from(*b) << (8 * i);
+        }
     }
 }
 
@@ -52,10 +154,15 @@ pub struct Registry {
     apis: Vec<RegisteredApi>,
     /// org → api → version → index.
     api_index: FastMap<String, FastMap<String, FastMap<String, usize>>>,
-    clients: Vec<Client>,
-    /// SHA-256 of the API key → client index. Keys are compared by digest only, so a
-    /// configuration may hold digests instead of keys, and no key is kept in clear in memory.
-    keys: FastMap<[u8; 32], usize>,
+    clients: Vec<ClientRecord>,
+    contracts: Vec<ContractRecord>,
+    client_ids: String,
+    strings: Interner,
+    /// Distinct chains, shared by the contracts that run them.
+    chains: Vec<Chain>,
+    /// Key id → client index. Keys are compared by digest only, so a configuration may hold
+    /// digests instead of keys, and no key is kept in clear in memory.
+    keys: HashMap<KeyId, u32, BuildHasherDefault<PrefixHasher>>,
     /// Services policies call, for tollgate-gen to create clusters for.
     call_targets: Vec<CallTarget>,
     /// Distinct policies with periodic work.
@@ -91,6 +198,12 @@ pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+fn key_id(digest: &[u8; 32]) -> KeyId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
 impl Registry {
     pub fn api(&self, org: &str, api: &str, version: &str) -> Option<(usize, &RegisteredApi)> {
         let index = *self.api_index.get(org)?.get(api)?.get(version)?;
@@ -102,21 +215,41 @@ impl Registry {
     }
 
     /// The client (and its index) owning `key`.
-    pub fn client_by_key(&self, key: &str) -> Option<(usize, &Client)> {
-        let index = *self.keys.get(&key_digest(key))?;
-        self.clients.get(index).map(|c| (index, c))
+    pub fn client_by_key(&self, key: &str) -> Option<(usize, Client<'_>)> {
+        let index = *self.keys.get(&key_id(&key_digest(key)))? as usize;
+        self.client_at(index).map(|c| (index, c))
     }
 
-    pub fn client_at(&self, index: usize) -> Option<&Client> {
-        self.clients.get(index)
+    pub fn client_at(&self, index: usize) -> Option<Client<'_>> {
+        let r = self.clients.get(index)?;
+        let first = r.first_contract as usize;
+        Some(Client {
+            identity: ClientIdentity {
+                organization_id: self.strings.get(r.org)?,
+                client_id: self
+                    .client_ids
+                    .get(r.id_start as usize..(r.id_start + r.id_len) as usize)?,
+                version: self.strings.get(r.version)?,
+            },
+            registry: self,
+            contracts: self
+                .contracts
+                .get(first..first + r.contract_count as usize)?,
+        })
     }
 
     pub fn apis(&self) -> &[RegisteredApi] {
         &self.apis
     }
 
-    pub fn clients(&self) -> &[Client] {
-        &self.clients
+    /// How many clients (keys) the registry holds.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// How many distinct chains the contracts share.
+    pub fn chain_count(&self) -> usize {
+        self.chains.len()
     }
 
     /// The services policies call (each once), with the cluster each call goes through.
@@ -129,221 +262,428 @@ impl Registry {
         &self.tickers
     }
 
-    /// Builds the registry, compiling every policy spec and checking every cross-reference.
-    /// Returns `None` if any error was found (in `problems` or before).
+    /// Builds the registry from a whole parsed configuration (see `Builder` for streaming).
     pub fn build(config: GatewayConfig, env: Env, problems: &mut Problems) -> Option<Registry> {
-        let mut registry = Registry {
-            settings: config.gateway.clone(),
-            ..Registry::default()
-        };
-        let mut compiler = Compiler {
-            settings: &config.gateway,
-            env,
-            compiled: HashMap::new(),
-            call_targets: Vec::new(),
-            tickers: Vec::new(),
-        };
-
-        // planId → (where it was defined, its compiled policies).
-        let mut plans: HashMap<&str, (&str, Policies)> = HashMap::new();
+        let mut b = Builder::new(config.gateway.clone(), env);
         for plan in &config.plans {
-            let policies = compiler.compile_all(&plan.policies, problems);
-            if let Some((first, _)) = plans.get(plan.plan_id.as_str()) {
+            b.add_plan(plan, problems);
+        }
+        for api in &config.apis {
+            b.add_api(api, problems);
+        }
+        b.reserve_clients(config.clients.len());
+        for (i, client) in config.clients.iter().enumerate() {
+            b.add_client(client, i, problems);
+        }
+        b.finish(problems)
+    }
+}
+
+/// A JSON path known now, or made only if a message needs it (most clients never do).
+pub enum Path<'p> {
+    Known(&'p str),
+    Lazy(&'p dyn Fn() -> String),
+}
+
+impl Path<'_> {
+    pub fn text(&self) -> String {
+        match self {
+            Path::Known(p) => (*p).to_string(),
+            Path::Lazy(f) => f(),
+        }
+    }
+}
+
+/// A client as the builder takes it: its ids, key digest and compiled policies.
+pub struct ClientParts<'p> {
+    pub identity: ClientIdentity<'p>,
+    pub digest: Option<[u8; 32]>,
+    pub path: Path<'p>,
+    pub key_path: Path<'p>,
+    pub policies: Vec<Rc<dyn Policy>>,
+    pub contracts: Vec<ContractParts<'p>>,
+    pub source: usize,
+}
+
+/// A contract as the builder takes it.
+pub struct ContractParts<'p> {
+    /// org, API id, version.
+    pub api: (&'p str, &'p str, &'p str),
+    pub plan: Option<&'p str>,
+    /// Its own compiled policies (an Apiman export's aggregated list).
+    pub policies: Vec<Rc<dyn Policy>>,
+    /// Whether it has a `policies` field at all.
+    pub lists_policies: bool,
+    /// Whether that list names any policy (compiled or refused).
+    pub gives_policies: bool,
+    pub path: Path<'p>,
+}
+
+/// Builds a registry piece by piece: plans and APIs first, then clients one at a time (so a
+/// configuration can be streamed: no client is held longer than it takes to add it).
+pub struct Builder<'a> {
+    registry: Registry,
+    compiler: Compiler<'a>,
+    /// planId → (where it was defined, its compiled policies).
+    plans: FastMap<String, (String, Policies)>,
+    api_paths: Vec<String>,
+    /// Chain (its policies' addresses) → index in `chains`.
+    chain_index: HashMap<Vec<usize>, u32>,
+    /// (plan, API) → the composed chain, for contracts of clients without policies of their
+    /// own: most contracts of a large registry, composed once.
+    composed: FastMap<(u32, u32), u32>,
+    /// (policyImpl, policyJsonConfig text) → compiled (None: refused), for the fast reader.
+    apiman_specs: HashMap<(String, String), Option<Rc<dyn Policy>>>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(settings: GatewaySettings, env: Env<'a>) -> Builder<'a> {
+        Builder {
+            registry: Registry {
+                settings: settings.clone(),
+                ..Registry::default()
+            },
+            compiler: Compiler {
+                settings,
+                env,
+                compiled: HashMap::new(),
+                call_targets: Vec::new(),
+                tickers: Vec::new(),
+            },
+            plans: FastMap::default(),
+            api_paths: Vec::new(),
+            chain_index: HashMap::new(),
+            composed: FastMap::default(),
+            apiman_specs: HashMap::new(),
+        }
+    }
+
+    pub fn add_plan(&mut self, plan: &PlanConfig, problems: &mut Problems) {
+        let policies = self.compiler.compile_all(&plan.policies, problems);
+        if let Some((first, _)) = self.plans.get(plan.plan_id.as_str()) {
+            problems.error(
+                &plan.path,
+                format!("duplicate planId \"{}\" (also {first})", plan.plan_id),
+            );
+            return;
+        }
+        self.plans
+            .insert(plan.plan_id.clone(), (plan.path.clone(), policies));
+    }
+
+    pub fn add_api(&mut self, api: &ApiConfig, problems: &mut Problems) {
+        let policies = self.compiler.compile_all(&api.policies, problems);
+        // An API whose endpoint was refused still registers, so contracts to it resolve
+        // and the only error reported is the endpoint's.
+        let endpoint = api.endpoint.clone().unwrap_or_else(Endpoint::placeholder);
+        let registry = &mut self.registry;
+        let versions = registry
+            .api_index
+            .entry(api.organization_id.clone())
+            .or_default()
+            .entry(api.api_id.clone())
+            .or_default();
+        if let Some(&i) = versions.get(&api.version) {
+            problems.error(
+                &api.path,
+                format!(
+                    "duplicate API {}/{}/{} (also {})",
+                    api.organization_id,
+                    api.api_id,
+                    api.version,
+                    self.api_paths.get(i).map_or("", String::as_str)
+                ),
+            );
+            return;
+        }
+        versions.insert(api.version.clone(), registry.apis.len());
+        self.api_paths.push(api.path.clone());
+        let preflight: Vec<Rc<dyn Policy>> = api
+            .policies
+            .iter()
+            .zip(&policies)
+            .filter(|(spec, _)| spec.kind.capabilities.answers_keyless_preflight)
+            .map(|(_, p)| p.clone())
+            .collect();
+        registry.apis.push(RegisteredApi {
+            api: Api {
+                organization_id: api.organization_id.clone(),
+                api_id: api.api_id.clone(),
+                version: api.version.clone(),
+                public: api.public,
+                cluster: api
+                    .cluster
+                    .clone()
+                    .unwrap_or_else(|| endpoint.default_cluster()),
+                endpoint,
+                strip_keys: !api.disable_keys_strip,
+                xml: api.xml,
+                upstream_authorization: api.basic_auth.as_ref().map(|(user, password)| {
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD
+                            .encode(format!("{user}:{password}"))
+                    )
+                }),
+            },
+            chain: Chain::new(policies),
+            preflight_chain: Chain::new(preflight),
+        });
+    }
+
+    /// Makes room for `n` more clients (and as many contracts and keys) at once, so the tables
+    /// are not grown by doubling (which would leave up to half of them empty).
+    pub fn reserve_clients(&mut self, n: usize) {
+        let r = &mut self.registry;
+        r.clients.reserve_exact(n);
+        r.contracts.reserve_exact(n);
+        r.keys.reserve(n);
+    }
+
+    /// The shared chain made of `policies`.
+    fn chain(&mut self, policies: Vec<Rc<dyn Policy>>) -> u32 {
+        let addresses: Vec<usize> = policies
+            .iter()
+            .map(|p| Rc::as_ptr(p) as *const () as usize)
+            .collect();
+        if let Some(&i) = self.chain_index.get(&addresses) {
+            return i;
+        }
+        let i = self.registry.chains.len() as u32;
+        self.registry.chains.push(Chain::new(policies));
+        self.chain_index.insert(addresses, i);
+        i
+    }
+
+    /// Adds one client: `source` is its index in the configuration's `clients[]`.
+    pub fn add_client(&mut self, client: &ClientConfig, source: usize, problems: &mut Problems) {
+        let digest = match &client.key {
+            ClientKey::Clear(k) => Some(key_digest(k)),
+            ClientKey::Sha256(d) => Some(*d),
+            ClientKey::Missing => None,
+        };
+        let client_policies = self.compiler.compile_all(&client.policies, problems);
+        let contracts: Vec<ContractParts> = client
+            .contracts
+            .iter()
+            .map(|c| ContractParts {
+                api: (&c.api_org_id, &c.api_id, &c.api_version),
+                plan: c.plan.as_deref(),
+                policies: self.compiler.compile_all(&c.policies, problems),
+                lists_policies: c.lists_policies,
+                gives_policies: !c.policies.is_empty(),
+                path: Path::Known(&c.path),
+            })
+            .collect();
+        let parts = ClientParts {
+            identity: ClientIdentity {
+                organization_id: &client.organization_id,
+                client_id: &client.client_id,
+                version: &client.version,
+            },
+            digest,
+            path: Path::Known(&client.path),
+            key_path: Path::Known(&client.key_path),
+            policies: client_policies,
+            contracts,
+            source,
+        };
+        self.add_parts(parts, problems);
+    }
+
+    /// Compiles a policy as the fast reader found it (`policyImpl` and its `policyJsonConfig`
+    /// text), each distinct one once; `None` when refused (reported at `path`).
+    pub fn compile_apiman_policy(
+        &mut self,
+        policy_impl: &str,
+        config: &str,
+        path: &dyn Fn() -> String,
+        problems: &mut Problems,
+    ) -> Option<Rc<dyn Policy>> {
+        let key = (policy_impl.to_string(), config.to_string());
+        if let Some(done) = self.apiman_specs.get(&key) {
+            return done.clone();
+        }
+        let entry = serde_json::json!({"policyImpl": policy_impl, "policyJsonConfig": config});
+        let compiled =
+            crate::config::apiman::parse_policy(&entry, &path(), self.compiler.env, problems)
+                .and_then(|spec| self.compiler.compile(&spec, problems));
+        self.apiman_specs.insert(key, compiled.clone());
+        compiled
+    }
+
+    /// Adds one client from its parts (see `add_client`; the fast reader builds parts directly).
+    pub fn add_parts(&mut self, client: ClientParts, problems: &mut Problems) {
+        let ClientParts {
+            identity,
+            digest,
+            path: client_path,
+            key_path,
+            policies: client_policies,
+            contracts,
+            source,
+        } = client;
+        let first_contract = self.registry.contracts.len() as u32;
+        let mut apis_seen: Vec<u32> = Vec::new();
+        let composes_everywhere = client_policies.is_empty()
+            || contracts
+                .iter()
+                .all(|c| c.plan.is_some_and(|p| self.plans.contains_key(p)));
+        for contract in contracts {
+            let (org, api_id, version) = contract.api;
+            let contract_policies = contract.policies;
+            let Some((api_index, api)) = self.registry.api(org, api_id, version) else {
                 problems.error(
-                    &plan.path,
-                    format!("duplicate planId \"{}\" (also {first})", plan.plan_id),
+                    &contract.path.text(),
+                    format!("contract to an API that is not in apis[]: {org}/{api_id}/{version}"),
                 );
                 continue;
-            }
-            plans.insert(&plan.plan_id, (&plan.path, policies));
-        }
-
-        let mut api_paths: Vec<&str> = Vec::new();
-        for api in &config.apis {
-            let policies = compiler.compile_all(&api.policies, problems);
-            // An API whose endpoint was refused still registers, so contracts to it resolve
-            // and the only error reported is the endpoint's.
-            let endpoint = api.endpoint.clone().unwrap_or_else(Endpoint::placeholder);
-            let versions = registry
-                .api_index
-                .entry(api.organization_id.clone())
-                .or_default()
-                .entry(api.api_id.clone())
-                .or_default();
-            if let Some(&i) = versions.get(&api.version) {
-                problems.error(
-                    &api.path,
+            };
+            let api_chain_len = api.chain.len();
+            let api_name = |r: &Registry| {
+                r.api_at(api_index).map_or(String::new(), |a| {
                     format!(
-                        "duplicate API {}/{}/{} (also {})",
-                        api.organization_id, api.api_id, api.version, api_paths[i]
+                        "{}/{}/{}",
+                        a.api.organization_id, a.api.api_id, a.api.version
+                    )
+                })
+            };
+            let plan_known = contract.plan.is_some_and(|p| self.plans.contains_key(p));
+            let chain: Option<u32> = if plan_known {
+                // tollgate composes client → plan → API for its own plans.
+                if contract.gives_policies {
+                    problems.error(
+                        &contract.path.text(),
+                        format!(
+                            "names plan \"{}\" from plans[] and also lists policies; tollgate composes client → plan → API policies for its own plans, so the contract's policies would apply twice. Move them to the plan or the client",
+                            contract.plan.unwrap_or_default()
+                        ),
+                    );
+                }
+                let plan_name = contract.plan.unwrap_or_default();
+                let plan_id = self.registry.strings.intern(plan_name);
+                let cached = client_policies
+                    .is_empty()
+                    .then(|| self.composed.get(&(plan_id, api_index as u32)).copied())
+                    .flatten();
+                match cached {
+                    Some(chain) => Some(chain),
+                    None => {
+                        let plan_policies = self
+                            .plans
+                            .get(plan_name)
+                            .map(|(_, p)| p.clone())
+                            .unwrap_or_default();
+                        let api_chain = self
+                            .registry
+                            .api_at(api_index)
+                            .map(|a| a.chain.policies().to_vec())
+                            .unwrap_or_default();
+                        let policies: Policies = client_policies
+                            .iter()
+                            .chain(&plan_policies)
+                            .chain(&api_chain)
+                            .cloned()
+                            .collect();
+                        let chain = self.chain(policies);
+                        if client_policies.is_empty() {
+                            self.composed.insert((plan_id, api_index as u32), chain);
+                        }
+                        Some(chain)
+                    }
+                }
+            } else if !contract.lists_policies && api_chain_len > 0 {
+                // No list at all and no plan tollgate knows: the API's policies would
+                // silently never run for this contract's requests.
+                let why = match contract.plan {
+                    Some(p) => format!(
+                        "names plan \"{p}\", which plans[] does not define, and lists no policies"
+                    ),
+                    None => "names no plan and lists no policies".to_string(),
+                };
+                problems.error(
+                    &contract.path.text(),
+                    format!(
+                        "{why}: the {api_chain_len} apiPolicies of {} would never run for its requests. Define the plan in plans[] (tollgate then composes client → plan → API), or give the contract its policies as Apiman exports them (\"policies\": [...], already client + plan + API)",
+                        api_name(&self.registry)
                     ),
                 );
+                None
+            } else {
+                // An Apiman export: the contract's policies are already client + plan + API.
+                if !contract.gives_policies && api_chain_len > 0 {
+                    problems.warning(
+                        &contract.path.text(),
+                        format!(
+                            "has an empty policies list, so keyed requests run none of {}'s apiPolicies (as in Apiman, whose exports list the plan's and the API's policies in each contract). Name a plan from plans[] to have tollgate compose them",
+                            api_name(&self.registry)
+                        ),
+                    );
+                }
+                Some(self.chain(contract_policies))
+            };
+            if apis_seen.contains(&(api_index as u32)) {
+                problems.error(
+                    &contract.path.text(),
+                    format!("a second contract from this client to {org}/{api_id}/{version}"),
+                );
                 continue;
             }
-            versions.insert(api.version.clone(), registry.apis.len());
-            api_paths.push(&api.path);
-            let preflight: Vec<Rc<dyn Policy>> = api
-                .policies
-                .iter()
-                .zip(&policies)
-                .filter(|(spec, _)| spec.kind.capabilities.answers_keyless_preflight)
-                .map(|(_, p)| p.clone())
-                .collect();
-            registry.apis.push(RegisteredApi {
-                api: Api {
-                    organization_id: api.organization_id.clone(),
-                    api_id: api.api_id.clone(),
-                    version: api.version.clone(),
-                    public: api.public,
-                    cluster: api
-                        .cluster
-                        .clone()
-                        .unwrap_or_else(|| endpoint.default_cluster()),
-                    endpoint,
-                    strip_keys: !api.disable_keys_strip,
-                    xml: api.xml,
-                    upstream_authorization: api.basic_auth.as_ref().map(|(user, password)| {
-                        format!(
-                            "Basic {}",
-                            base64::engine::general_purpose::STANDARD
-                                .encode(format!("{user}:{password}"))
-                        )
-                    }),
-                },
-                chain: Chain::new(policies),
-                preflight_chain: Chain::new(preflight),
-            });
-        }
-
-        let mut key_owner: HashMap<[u8; 32], &str> = HashMap::new();
-        for client in &config.clients {
-            let digest = match &client.key {
-                ClientKey::Clear(k) => Some(key_digest(k)),
-                ClientKey::Sha256(d) => Some(*d),
-                ClientKey::Missing => None,
+            apis_seen.push(api_index as u32);
+            let Some(chain) = chain else {
+                continue;
             };
-            let client_policies = compiler.compile_all(&client.policies, problems);
-            let mut contracts = FastMap::default();
-            for contract in &client.contracts {
-                let contract_policies = compiler.compile_all(&contract.policies, problems);
-                let Some((api_index, api)) = registry.api(
-                    &contract.api_org_id,
-                    &contract.api_id,
-                    &contract.api_version,
-                ) else {
+            let plan = match contract.plan {
+                Some(p) => self.registry.strings.intern(p),
+                None => NO_PLAN,
+            };
+            self.registry.contracts.push(ContractRecord {
+                api: api_index as u32,
+                plan,
+                chain,
+            });
+        }
+        if !client_policies.is_empty() && !composes_everywhere {
+            problems.error(
+                &client_path.text(),
+                "client policies apply only to contracts that name a plan from plans[]; a contract without one carries Apiman's aggregated policies, which already include the client's",
+            );
+        }
+        let r = &mut self.registry;
+        let index = r.clients.len() as u32;
+        let id_start = r.client_ids.len() as u32;
+        r.client_ids.push_str(identity.client_id);
+        let record = ClientRecord {
+            org: r.strings.intern(identity.organization_id),
+            version: r.strings.intern(identity.version),
+            id_start,
+            id_len: identity.client_id.len() as u32,
+            first_contract,
+            contract_count: r.contracts.len() as u32 - first_contract,
+            source: source as u32,
+        };
+        r.clients.push(record);
+        if let Some(digest) = digest {
+            match r.keys.entry(key_id(&digest)) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    let owner = r.clients.get(*first.get() as usize).map_or(0, |c| c.source);
                     problems.error(
-                        &contract.path,
-                        format!(
-                            "contract to an API that is not in apis[]: {}/{}/{}",
-                            contract.api_org_id, contract.api_id, contract.api_version
-                        ),
-                    );
-                    continue;
-                };
-                let plan = contract
-                    .plan
-                    .as_deref()
-                    .and_then(|p| plans.get(p).map(|(_, policies)| policies));
-                let api_name = format!(
-                    "{}/{}/{}",
-                    api.api.organization_id, api.api.api_id, api.api.version
-                );
-                let chain = match plan {
-                    // tollgate composes client → plan → API for its own plans.
-                    Some(plan_policies) => {
-                        if !contract.policies.is_empty() {
-                            problems.error(
-                                &contract.path,
-                                format!(
-                                    "names plan \"{}\" from plans[] and also lists policies; tollgate composes client → plan → API policies for its own plans, so the contract's policies would apply twice. Move them to the plan or the client",
-                                    contract.plan.as_deref().unwrap_or_default()
-                                ),
-                            );
-                        }
-                        Chain::concat(&[&client_policies, plan_policies, api.chain.policies()])
-                    }
-                    // No list at all and no plan tollgate knows: the API's policies would
-                    // silently never run for this contract's requests.
-                    None if !contract.lists_policies && !api.chain.is_empty() => {
-                        let why = match contract.plan.as_deref() {
-                            Some(p) => format!("names plan \"{p}\", which plans[] does not define, and lists no policies"),
-                            None => "names no plan and lists no policies".to_string(),
-                        };
-                        problems.error(
-                            &contract.path,
-                            format!(
-                                "{why}: the {} apiPolicies of {api_name} would never run for its requests. Define the plan in plans[] (tollgate then composes client → plan → API), or give the contract its policies as Apiman exports them (\"policies\": [...], already client + plan + API)",
-                                api.chain.len()
-                            ),
-                        );
-                        Chain::default()
-                    }
-                    // An Apiman export: the contract's policies are already client + plan + API.
-                    None => {
-                        if contract.policies.is_empty() && !api.chain.is_empty() {
-                            problems.warning(
-                                &contract.path,
-                                format!(
-                                    "has an empty policies list, so keyed requests run none of {api_name}'s apiPolicies (as in Apiman, whose exports list the plan's and the API's policies in each contract). Name a plan from plans[] to have tollgate compose them"
-                                ),
-                            );
-                        }
-                        Chain::new(contract_policies)
-                    }
-                };
-                if contracts
-                    .insert(
-                        api_index,
-                        Contract {
-                            plan: contract.plan.clone(),
-                            chain,
-                        },
-                    )
-                    .is_some()
-                {
-                    problems.error(
-                        &contract.path,
-                        format!(
-                            "a second contract from this client to {}/{}/{}",
-                            contract.api_org_id, contract.api_id, contract.api_version
-                        ),
+                        &key_path.text(),
+                        format!("duplicate API key (also used by clients[{owner}])"),
                     );
                 }
-            }
-            let composes_everywhere = client
-                .contracts
-                .iter()
-                .all(|c| c.plan.as_deref().is_some_and(|p| plans.contains_key(p)));
-            if !client.policies.is_empty() && !composes_everywhere {
-                problems.error(
-                    &client.path,
-                    "client policies apply only to contracts that name a plan from plans[]; a contract without one carries Apiman's aggregated policies, which already include the client's",
-                );
-            }
-            let index = registry.clients.len();
-            registry.clients.push(Client {
-                identity: ClientIdentity {
-                    organization_id: client.organization_id.clone(),
-                    client_id: client.client_id.clone(),
-                    version: client.version.clone(),
-                },
-                contracts,
-            });
-            if let Some(digest) = digest {
-                if let Some(first) = key_owner.get(&digest) {
-                    problems.error(
-                        &client.key_path,
-                        format!("duplicate API key (also used by {first})"),
-                    );
-                } else {
-                    key_owner.insert(digest, &client.path);
-                    registry.keys.insert(digest, index);
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(index);
                 }
             }
         }
-        registry.call_targets = compiler.call_targets;
-        registry.tickers = compiler.tickers;
-        problems.is_ok().then_some(registry)
+    }
+
+    pub fn finish(mut self, problems: &mut Problems) -> Option<Registry> {
+        self.registry.call_targets = self.compiler.call_targets;
+        self.registry.tickers = self.compiler.tickers;
+        self.registry.client_ids.shrink_to_fit();
+        problems.is_ok().then_some(self.registry)
     }
 }
 
@@ -360,7 +700,7 @@ pub fn instance_id(kind: &str, config: &Value) -> String {
 /// Compiles policy specs, each distinct (kind, configuration) once: contracts that carry the
 /// same policy share one compiled instance.
 struct Compiler<'a> {
-    settings: &'a GatewaySettings,
+    settings: GatewaySettings,
     env: Env<'a>,
     /// (kind, canonical configuration) → the compiled policy, or where it was refused.
     compiled: HashMap<String, Result<Rc<dyn Policy>, String>>,
@@ -394,7 +734,7 @@ impl Compiler<'_> {
             };
         }
         let id = instance_id(kind.id, &spec.config);
-        let mut cx = BuildContext::new(&id, self.settings, self.env);
+        let mut cx = BuildContext::new(&id, &self.settings, self.env);
         let mut inner = Problems::default();
         let policy = Fields::of(&spec.config, "", &mut inner).and_then(|mut fields| {
             let p = (kind.build)(&mut cx, &mut fields, &mut inner);

@@ -6,6 +6,8 @@
 //! collected with their JSON path, so a refused configuration says everything that is wrong.
 
 pub mod apiman;
+pub mod fast;
+pub mod stream;
 
 use serde_json::Value;
 
@@ -105,6 +107,182 @@ pub struct GatewayConfig {
     pub clients: Vec<ClientConfig>,
     pub plans: Vec<PlanConfig>,
     pub gateway: GatewaySettings,
+}
+
+/// A configuration document that can be walked more than once without holding it whole (the
+/// plugin configuration is read from the host in chunks).
+pub trait Document {
+    /// Walks the document once (see `stream::walk`); the error is serde's, with its position.
+    fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String>;
+}
+
+/// A document in memory.
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Document for Bytes<'_> {
+    fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String> {
+        let mut d = serde_json::Deserializer::from_slice(self.0);
+        stream::walk(&mut d, pass, sink).map_err(|e| e.to_string())?;
+        d.end().map_err(|e| e.to_string())
+    }
+}
+
+/// A document read through `std::io::Read`, opened anew for each walk.
+pub struct ReadDocument<F>(pub F);
+
+impl<F, R> Document for ReadDocument<F>
+where
+    F: Fn() -> R,
+    R: std::io::Read,
+{
+    fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String> {
+        let reader = std::io::BufReader::with_capacity(1 << 16, (self.0)());
+        let mut d = serde_json::Deserializer::from_reader(reader);
+        stream::walk(&mut d, pass, sink).map_err(|e| e.to_string())?;
+        d.end().map_err(|e| e.to_string())
+    }
+}
+
+/// Reads and compiles a configuration document into a registry, streaming its clients (see
+/// `stream`). Every problem is collected with its JSON path.
+pub fn load_document(
+    doc: &dyn Document,
+    env: Env,
+    problems: &mut Problems,
+) -> Option<crate::registry::Registry> {
+    use stream::{Item, Pass, Section};
+    let mut settings = GatewaySettings::default();
+    let mut apis = Vec::new();
+    let mut plans = Vec::new();
+    let mut client_count = 0;
+    let walked = doc.walk(Pass::Catalogue, &mut |item| match item {
+        Item::Gateway(v) => {
+            if let Some(mut g) = Fields::of(&v, "gateway", problems) {
+                settings = parse_settings(&mut g, problems);
+                g.finish(problems);
+            }
+        }
+        Item::Entry(Section::Apis, i, v) => {
+            if let Some(api) = parse_api(&v, &format!("apis[{i}]"), env, problems) {
+                apis.push(api);
+            }
+        }
+        Item::Entry(Section::Plans, i, v) => {
+            if let Some(plan) = parse_plan(&v, &format!("plans[{i}]"), env, problems) {
+                plans.push(plan);
+            }
+        }
+        Item::Entry(Section::Clients, _, _) | Item::RawClient(..) => {}
+        Item::ClientCount(n) => client_count = n,
+        Item::Unknown(key) => problems.warning(&key, "unknown field ignored"),
+        Item::NotAnArray(section, what) => {
+            problems.error(section.name(), format!("expected an array, found {what}"))
+        }
+    });
+    if let Err(e) = walked {
+        problems.error(
+            "(configuration)",
+            format!("not valid JSON: {e} (the plugin configuration must be one JSON object)"),
+        );
+        return None;
+    }
+    let mut builder = crate::registry::Builder::new(settings, env);
+    for plan in &plans {
+        builder.add_plan(plan, problems);
+    }
+    for api in &apis {
+        builder.add_api(api, problems);
+    }
+    drop((plans, apis));
+    builder.reserve_clients(client_count);
+    let walked = doc.walk(Pass::Clients, &mut |item| {
+        let (i, v) = match item {
+            Item::RawClient(i, raw) => {
+                if add_fast(&mut builder, raw.get(), i, problems) {
+                    return;
+                }
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(v) => (i, v),
+                    Err(_) => return,
+                }
+            }
+            Item::Entry(Section::Clients, i, v) => (i, v),
+            _ => return,
+        };
+        if let Some(client) = parse_client(&v, &format!("clients[{i}]"), env, problems) {
+            for part in split_by_contract_keys(client) {
+                builder.add_client(&part, i, problems);
+            }
+        }
+    });
+    if let Err(e) = walked {
+        problems.error("(configuration)", format!("not valid JSON: {e}"));
+        return None;
+    }
+    builder.finish(problems)
+}
+
+/// Adds the client whose text is `text` by the fast reader, if it can take it (see `fast`).
+fn add_fast(
+    builder: &mut crate::registry::Builder,
+    text: &str,
+    i: usize,
+    problems: &mut Problems,
+) -> bool {
+    use crate::registry::{ClientParts, ContractParts, Path};
+    let Ok(client) = serde_json::from_str::<fast::Client>(text) else {
+        return false;
+    };
+    if !client.plain() {
+        return false;
+    }
+    let client_path = || format!("clients[{i}]");
+    let key_path = || format!("clients[{i}].apiKey");
+    let contract_paths: Vec<Box<dyn Fn() -> String>> = (0..client.contracts.len())
+        .map(|j| Box::new(move || format!("clients[{i}].contracts[{j}]")) as _)
+        .collect();
+    let mut contracts = Vec::with_capacity(client.contracts.len());
+    for (j, c) in client.contracts.iter().enumerate() {
+        let mut policies = Vec::new();
+        let mut refused = false;
+        for (k, p) in c.policies.iter().flatten().enumerate() {
+            let path = move || format!("clients[{i}].contracts[{j}].policies[{k}]");
+            match builder.compile_apiman_policy(
+                &p.policy_impl,
+                &p.policy_json_config,
+                &path,
+                problems,
+            ) {
+                Some(policy) => policies.push(policy),
+                None => refused = true,
+            }
+        }
+        contracts.push(ContractParts {
+            api: (&c.api_org_id, &c.api_id, &c.api_version),
+            plan: c.plan.as_deref().filter(|p| !p.trim().is_empty()),
+            gives_policies: !policies.is_empty() || refused,
+            policies,
+            lists_policies: c.policies.is_some(),
+            path: Path::Lazy(&contract_paths[j]),
+        });
+    }
+    builder.add_parts(
+        ClientParts {
+            identity: crate::model::ClientIdentity {
+                organization_id: &client.organization_id,
+                client_id: &client.client_id,
+                version: &client.version,
+            },
+            digest: Some(crate::registry::key_digest(&client.api_key)),
+            path: Path::Lazy(&client_path),
+            key_path: Path::Lazy(&key_path),
+            policies: Vec::new(),
+            contracts,
+            source: i,
+        },
+        problems,
+    );
+    true
 }
 
 /// Parses a configuration document. Returns what could be parsed plus every problem found.

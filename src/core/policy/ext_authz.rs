@@ -213,7 +213,10 @@ impl ExtAuthz {
             ),
         ];
         if let Some(client) = cx.client {
-            headers.push(("x-tollgate-client".to_string(), client.client_id.clone()));
+            headers.push((
+                "x-tollgate-client".to_string(),
+                client.client_id.to_string(),
+            ));
         }
         for name in &self.forward {
             for value in request.headers.get_all(name) {

@@ -387,7 +387,7 @@ impl RequestState {
 pub struct Context<'a> {
     pub api: &'a Api,
     /// The client whose key the request carried (none for public requests).
-    pub client: Option<&'a ClientIdentity>,
+    pub client: Option<ClientIdentity<'a>>,
     /// The plan of the contract the request runs under.
     pub plan: Option<&'a str>,
     pub settings: &'a GatewaySettings,

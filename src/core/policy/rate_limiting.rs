@@ -47,11 +47,11 @@ mod tests {
         compile(&KIND, config)
     }
 
-    fn client() -> ClientIdentity {
+    fn client() -> ClientIdentity<'static> {
         ClientIdentity {
-            organization_id: "Org".into(),
-            client_id: "app".into(),
-            version: "1.0".into(),
+            organization_id: "Org",
+            client_id: "app",
+            version: "1.0",
         }
     }
 
@@ -63,7 +63,7 @@ mod tests {
         };
         let id = client();
         let mut cx = f.cx();
-        cx.client = Some(&id);
+        cx.client = Some(id);
         p.on_request(&mut cx, &mut request("GET", headers))
     }
 

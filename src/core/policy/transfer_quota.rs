@@ -222,12 +222,12 @@ mod tests {
             ..Default::default()
         };
         let id = ClientIdentity {
-            organization_id: "Org".into(),
-            client_id: "app".into(),
-            version: "1".into(),
+            organization_id: "Org",
+            client_id: "app",
+            version: "1",
         };
         let mut cx = f.cx();
-        cx.client = Some(&id);
+        cx.client = Some(id);
         let v = p.on_request(&mut cx, &mut request("POST", &[]));
         if !is_continue(&v) {
             return v;
@@ -325,12 +325,12 @@ mod tests {
             ..Default::default()
         };
         let id = ClientIdentity {
-            organization_id: "Org".into(),
-            client_id: "app".into(),
-            version: "1".into(),
+            organization_id: "Org",
+            client_id: "app",
+            version: "1",
         };
         let mut cx = f.cx();
-        cx.client = Some(&id);
+        cx.client = Some(id);
         p.on_request_data(&mut cx, 30, true);
         assert!(is_continue(
             &p.on_request(&mut cx, &mut request("POST", &[]))
