@@ -13,12 +13,15 @@
 //! like `/(?:[a-z0-9]{1,255}/?){1,255}x` took seconds on a 4 KB path.) Patterns whose
 //! automaton would exceed the limits below are refused at load with the reason.
 
-use regex_automata::dfa::{dense, Automaton, StartKind};
-use regex_automata::nfa::thompson;
-use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input};
+use std::sync::{Mutex, PoisonError};
 
-use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::hybrid;
+use regex_automata::nfa::thompson::{self, pikevm::PikeVM, WhichCaptures, NFA};
+use regex_automata::util::captures::{Captures, GroupInfo};
+use regex_automata::util::iter::Searcher;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, Match, MatchError, MatchKind, PatternID};
 
 /// The most a pattern's NFA may take (bytes): bounded repetitions such as `[a-z]{1,255}`
 /// multiply it.
@@ -117,10 +120,48 @@ impl Pattern {
 /// A Java `replaceAll` / `replaceFirst`: a regex found anywhere in the input (not anchored) and
 /// a replacement in Java's syntax (`$1`, `${name}`, `\$` for a literal `$`), checked at load
 /// (Java fails on a missing group only when it first replaces).
-#[derive(Debug, Clone)]
+///
+/// The search is the one the `regex` crate runs for `bytes::Regex::captures_iter` (leftmost-first,
+/// Unicode off), assembled from the engines `Pattern` already links: a lazy DFA finds each
+/// match's bounds, then the PikeVM resolves the groups within them (and takes over the whole
+/// search when the lazy DFA gives up, or could not be built within its cache).
+#[derive(Debug)]
 pub struct Rewrite {
     regex: Regex,
     replacement: Vec<Part>,
+}
+
+#[derive(Debug)]
+struct Regex {
+    lazy: Option<hybrid::regex::Regex>,
+    pikevm: PikeVM,
+    caches: Mutex<Caches>,
+}
+
+#[derive(Debug)]
+struct Caches {
+    lazy: Option<hybrid::regex::Cache>,
+    pikevm: thompson::pikevm::Cache,
+}
+
+impl Clone for Rewrite {
+    fn clone(&self) -> Rewrite {
+        let caches = Mutex::new(Caches {
+            lazy: self.regex.lazy.as_ref().map(|r| r.create_cache()),
+            pikevm: self.regex.pikevm.create_cache(),
+        });
+        Rewrite {
+            regex: Regex {
+                lazy: self.regex.lazy.as_ref().map(|r| {
+                    hybrid::regex::Builder::new()
+                        .build_from_dfas(r.forward().clone(), r.reverse().clone())
+                }),
+                pikevm: self.regex.pikevm.clone(),
+                caches,
+            },
+            replacement: self.replacement.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,22 +171,123 @@ enum Part {
     Named(String),
 }
 
+impl Regex {
+    /// As `regex::bytes::RegexBuilder::new(from).unicode(false).nest_limit(NEST_LIMIT)
+    /// .size_limit(nfa_limit).dfa_size_limit(cache).build()`, with its error messages.
+    fn new(from: &str, nfa_limit: usize, cache: usize) -> Result<Regex, String> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            format!(
+                "\"{from}\" is not a valid regular expression ({})",
+                reason(&e.to_string())
+            )
+        };
+        let hir = syntax::parse_with(
+            from,
+            &syntax::Config::new()
+                .unicode(false)
+                .utf8(false)
+                .nest_limit(NEST_LIMIT),
+        )
+        .map_err(|e| invalid(&e))?;
+        let nfa_error = |e: thompson::BuildError| match e.size_limit() {
+            Some(limit) => invalid(&format!(
+                "Compiled regex exceeds size limit of {limit} bytes."
+            )),
+            None => invalid(&e),
+        };
+        let config = thompson::Config::new()
+            .utf8(false)
+            .nfa_size_limit(Some(nfa_limit))
+            .shrink(false);
+        let nfa = thompson::Compiler::new()
+            .configure(config.clone().which_captures(WhichCaptures::All))
+            .build_from_hir(&hir)
+            .map_err(nfa_error)?;
+        let nfarev = thompson::Compiler::new()
+            .configure(config.which_captures(WhichCaptures::None).reverse(true))
+            .build_from_hir(&hir)
+            .map_err(nfa_error)?;
+        let pikevm = PikeVM::builder()
+            .configure(PikeVM::config().match_kind(MatchKind::LeftmostFirst))
+            .build_from_nfa(nfa.clone())
+            .map_err(|e| invalid(&e))?;
+        let lazy = lazy_dfas(nfa, nfarev, cache);
+        let caches = Mutex::new(Caches {
+            lazy: lazy.as_ref().map(|r| r.create_cache()),
+            pikevm: pikevm.create_cache(),
+        });
+        Ok(Regex {
+            lazy,
+            pikevm,
+            caches,
+        })
+    }
+
+    /// Calls `each` with the groups of every match, left to right, until it returns false.
+    fn captures_each(&self, text: &[u8], mut each: impl FnMut(&Captures) -> bool) {
+        let mut guard = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        let caches = &mut *guard;
+        let mut caps = self.pikevm.create_captures();
+        let mut searcher = Searcher::new(Input::new(text));
+        loop {
+            let found = searcher.advance(|input| {
+                let bounds = match (&self.lazy, caches.lazy.as_mut()) {
+                    (Some(lazy), Some(cache)) => match lazy.try_search(cache, input) {
+                        Ok(None) => return Ok(None),
+                        Ok(Some(m)) => Some(m),
+                        Err(_) => None,
+                    },
+                    _ => None,
+                };
+                let narrowed;
+                let input = match bounds {
+                    Some(m) => {
+                        narrowed = input
+                            .clone()
+                            .span(m.start()..m.end())
+                            .anchored(Anchored::Pattern(m.pattern()));
+                        &narrowed
+                    }
+                    None => input,
+                };
+                self.pikevm.search(&mut caches.pikevm, input, &mut caps);
+                Ok::<Option<Match>, MatchError>(caps.get_match())
+            });
+            if found.is_none() || !each(&caps) {
+                return;
+            }
+        }
+    }
+}
+
+/// The forward and reverse lazy DFAs, configured as the `regex` crate's meta engine does; `None`
+/// when `cache` cannot hold the few states they need (the PikeVM then does all the work).
+fn lazy_dfas(nfa: NFA, nfarev: NFA, cache: usize) -> Option<hybrid::regex::Regex> {
+    let config = hybrid::dfa::Config::new()
+        .match_kind(MatchKind::LeftmostFirst)
+        .starts_for_each_pattern(true)
+        .unicode_word_boundary(true)
+        .specialize_start_states(false)
+        .cache_capacity(cache)
+        .skip_cache_capacity_check(false)
+        .minimum_cache_clear_count(Some(3))
+        .minimum_bytes_per_state(Some(10));
+    let fwd = hybrid::dfa::Builder::new()
+        .configure(config.clone())
+        .build_from_nfa(nfa)
+        .ok()?;
+    let rev = hybrid::dfa::Builder::new()
+        .configure(config.match_kind(MatchKind::All))
+        .build_from_nfa(nfarev)
+        .ok()?;
+    Some(hybrid::regex::Builder::new().build_from_dfas(fwd, rev))
+}
+
 impl Rewrite {
     pub fn new(from: &str, to: &str) -> Result<Rewrite, String> {
         // Bounded like `Pattern`: the automaton's size is the factor on every byte searched.
-        let regex = RegexBuilder::new(from)
-            .unicode(false)
-            .nest_limit(NEST_LIMIT)
-            .size_limit(NFA_SIZE_LIMIT * 8)
-            .dfa_size_limit(DFA_SIZE_LIMIT)
-            .build()
-            .map_err(|e| {
-                format!(
-                    "\"{from}\" is not a valid regular expression ({})",
-                    reason(&e.to_string())
-                )
-            })?;
-        let replacement = parse_replacement(&regex, to)?;
+        let regex = Regex::new(from, NFA_SIZE_LIMIT * 8, DFA_SIZE_LIMIT)?;
+        let replacement = parse_replacement(regex.pikevm.get_nfa().group_info(), to)?;
         Ok(Rewrite { regex, replacement })
     }
 
@@ -169,29 +311,28 @@ impl Rewrite {
         let mut out = Vec::new();
         let mut last = 0;
         let mut replaced = 0;
-        for caps in self.regex.captures_iter(text).take(limit) {
-            let Some(whole) = caps.get(0) else {
-                continue;
+        self.regex.captures_each(text, |caps| {
+            let Some(whole) = caps.get_match() else {
+                return true;
             };
             out.extend_from_slice(&text[last..whole.start()]);
             for part in &self.replacement {
-                match part {
-                    Part::Literal(bytes) => out.extend_from_slice(bytes),
-                    Part::Group(i) => {
-                        if let Some(m) = caps.get(*i) {
-                            out.extend_from_slice(m.as_bytes());
-                        }
+                let span = match part {
+                    Part::Literal(bytes) => {
+                        out.extend_from_slice(bytes);
+                        None
                     }
-                    Part::Named(name) => {
-                        if let Some(m) = caps.name(name) {
-                            out.extend_from_slice(m.as_bytes());
-                        }
-                    }
+                    Part::Group(i) => caps.get_group(*i),
+                    Part::Named(name) => caps.get_group_by_name(name),
+                };
+                if let Some(span) = span {
+                    out.extend_from_slice(&text[span.range()]);
                 }
             }
             last = whole.end();
             replaced += 1;
-        }
+            replaced < limit
+        });
         if replaced == 0 {
             return None;
         }
@@ -202,8 +343,8 @@ impl Rewrite {
 
 /// Java's `Matcher.appendReplacement` syntax: `\x` is `x`; `$n` takes as many digits as still
 /// name a group; `${name}` a named group.
-fn parse_replacement(regex: &Regex, to: &str) -> Result<Vec<Part>, String> {
-    let groups = regex.captures_len().saturating_sub(1);
+fn parse_replacement(groups_of: &GroupInfo, to: &str) -> Result<Vec<Part>, String> {
+    let groups = groups_of.group_len(PatternID::ZERO).saturating_sub(1);
     let bytes = to.as_bytes();
     let mut parts = Vec::new();
     let mut literal = Vec::new();
@@ -230,7 +371,7 @@ fn parse_replacement(regex: &Regex, to: &str) -> Result<Vec<Part>, String> {
                             .find('}')
                             .ok_or_else(|| format!("\"{to}\" has a ${{ without }}"))?;
                         let name = &to[i + 2..i + 2 + end];
-                        if regex.capture_names().flatten().all(|n| n != name) {
+                        if groups_of.to_index(PatternID::ZERO, name).is_none() {
                             return Err(format!(
                                 "\"{to}\" names group {name}, which the regex does not have"
                             ));
@@ -348,6 +489,121 @@ mod tests {
             Some("order #42")
         );
         assert_eq!(rewrite("x", "y", "abc"), None);
+    }
+
+    /// The search is the `regex` crate's: the same matches and groups, empty matches included.
+    #[test]
+    fn captures_are_the_regex_crates() {
+        let patterns = [
+            r"http://internal:8080/(\w+)",
+            r"(?<id>\d+)|x(y)?",
+            r"a*",
+            r"(a|ab)(c|bcd)(d*)",
+            r"\b\w+\b",
+            r"(?i)HTTP(s)?://([^/]+)(/.*)?$",
+            r"^|$",
+            r"(?m)^(\w)",
+            r".",
+            r"(?s)(.)(.)?",
+            r"[^\x00-\x7f]+",
+            r"[a-z]{2,5}?",
+        ];
+        let texts: [&[u8]; 7] = [
+            b"",
+            b"a http://internal:8080/x b http://internal:8080/yz",
+            b"abcd abd aab 42 xy x",
+            b"HTTPS://Host.example/a/b\nhttp://h",
+            b"caf\xc3\xa9 \xff\xfe\n\nline",
+            b"aaaa",
+            b"one two\nthree",
+        ];
+        for p in patterns {
+            let ours = Regex::new(p, NFA_SIZE_LIMIT * 8, DFA_SIZE_LIMIT).unwrap();
+            let theirs = regex::bytes::RegexBuilder::new(p)
+                .unicode(false)
+                .build()
+                .unwrap();
+            for text in texts {
+                let mut got = Vec::new();
+                ours.captures_each(text, |c| {
+                    got.push(
+                        (0..c.group_len())
+                            .map(|i| c.get_group(i).map(|s| s.range()))
+                            .collect::<Vec<_>>(),
+                    );
+                    true
+                });
+                let want: Vec<Vec<_>> = theirs
+                    .captures_iter(text)
+                    .map(|c| c.iter().map(|m| m.map(|m| m.range())).collect())
+                    .collect();
+                assert_eq!(got, want, "{p} on {:?}", String::from_utf8_lossy(text));
+            }
+        }
+        for p in [
+            "(a",
+            "[z-a]",
+            r"\p{L}",
+            "(?<n>a)(?<n>b)",
+            "(?:[a-z]{1,255}/?){1,255}x",
+        ] {
+            let theirs = regex::bytes::RegexBuilder::new(p)
+                .unicode(false)
+                .nest_limit(NEST_LIMIT)
+                .size_limit(NFA_SIZE_LIMIT * 8)
+                .build()
+                .unwrap_err();
+            assert_eq!(
+                Regex::new(p, NFA_SIZE_LIMIT * 8, DFA_SIZE_LIMIT).unwrap_err(),
+                format!(
+                    "\"{p}\" is not a valid regular expression ({})",
+                    reason(&theirs.to_string())
+                )
+            );
+        }
+    }
+
+    /// Rewrite's cost per URL against the `regex` crate's on the same search: `cargo test -p
+    /// tollgate-core rewrite_costs -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn rewrite_costs() {
+        let (from, to) = (
+            r"https?://internal:8080/(\w+)",
+            "https://api.example.com/$1",
+        );
+        let urls: Vec<String> = (0..20_000)
+            .map(|i| match i % 3 {
+                0 => format!("http://internal:8080/item{i}?q=1"),
+                1 => format!("https://cdn.example.org/static/{i}/app.js"),
+                _ => format!("http://internal:8080/{i}/deeper/path/segment"),
+            })
+            .collect();
+        let ours = Rewrite::new(from, to).unwrap();
+        let theirs = regex::bytes::RegexBuilder::new(from)
+            .unicode(false)
+            .build()
+            .unwrap();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let n = urls
+                .iter()
+                .filter(|u| ours.replace_first(u.as_bytes()).is_some())
+                .count();
+            let a = started.elapsed();
+            let started = std::time::Instant::now();
+            let m = urls
+                .iter()
+                .filter(|u| theirs.captures(u.as_bytes()).is_some())
+                .count();
+            let b = started.elapsed();
+            assert_eq!(n, m);
+            println!(
+                "rewrite-cost round {round}: Rewrite {:.0} ns/URL, regex captures {:.0} ns/URL",
+                a.as_nanos() as f64 / urls.len() as f64,
+                b.as_nanos() as f64 / urls.len() as f64
+            );
+        }
     }
 
     #[test]
