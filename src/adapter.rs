@@ -438,13 +438,19 @@ impl RootContext for Root {
         let config = tollgate_core::config::ReadDocument(|| HostConfig { offset: 0, size });
         // The VM's environment is Envoy's `vm_config.environment_variables` (WASI environ).
         let env = |name: &str| std::env::var(name).ok();
+        let started = abi::now_nanos();
         match tollgate_core::load_document(&config, &env) {
             Ok(loaded) => {
                 log_warnings_once(&loaded.warnings);
-                log::debug!(
-                    "loaded {} APIs and {} clients",
+                // Once per VM and configuration: how big and how long, for capacity planning.
+                let took = abi::now_nanos()
+                    .zip(started)
+                    .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000);
+                log::info!(
+                    "loaded {} APIs and {} clients in {} ms",
                     loaded.registry.apis().len(),
-                    loaded.registry.client_count()
+                    loaded.registry.client_count(),
+                    took
                 );
                 // Stats are handed to Envoy on the tick, and policies may sweep on it.
                 self.set_tick_period(TICK);

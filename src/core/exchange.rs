@@ -98,7 +98,7 @@ pub fn upstream_path(endpoint_path: &str, resource: &str) -> String {
 }
 
 /// How the gateway decided a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Passed every policy on the request (the backend was called, or Envoy answered for it).
     Allowed,
