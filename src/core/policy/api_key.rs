@@ -9,8 +9,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "api-key",
     name: "API Key",
     apiman_names: &["apikey-policy", "ApiKeyPolicy", "apikey"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Passes the request's API key on to the backend in a header of your choice (the gateway strips the one it authenticated with).",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "none",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[FieldDoc {
         name: "requestHeader",
         aliases: &[],
@@ -19,6 +22,7 @@ pub const KIND: PolicyKind = PolicyKind {
         apiman: true,
         meaning: "the header the backend gets the key in",
     }],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"requestHeader": "X-Backend-Key"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

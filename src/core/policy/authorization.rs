@@ -22,8 +22,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "authorization",
     name: "Authorization",
     apiman_names: &["AuthorizationPolicy", "authorization-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Allows a request only if the user holds the roles its matching rules (verb + path regex) require; roles come from an authentication policy earlier in the chain.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10009: 403 Authorization, `The user is not authorized to make this request (a required role is missing).`; 10010: 500 Other when no authentication policy before it extracted roles",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "rules",
@@ -60,6 +63,7 @@ pub const KIND: PolicyKind = PolicyKind {
         role_rules::MULTI_MATCH,
         role_rules::REQUEST_UNMATCHED,
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"rules": [{"verb": "*", "pathPattern": "/admin/.*", "role": "admin"},
                            {"verb": "GET", "pathPattern": "/.*", "role": "reader"}],
                  "multiMatch": "all", "requestUnmatched": "fail"}"#,

@@ -43,8 +43,11 @@ pub const KIND: PolicyKind = PolicyKind {
         "BasicAuthenticationPolicy",
         "basic-auth-policy",
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Authenticates requests with HTTP BASIC credentials against static identities (plain or salted SHA-2 passwords); the credentials never reach the backend.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "401 Authentication, `BASIC authentication failed.`, with `WWW-Authenticate: Basic realm=\"<realm>\"`: 10004 no BASIC credentials, 10003 wrong credentials, 10011 not over TLS",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "realm",
@@ -143,6 +146,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "refused: a wasm filter cannot reach a database; use `ext-authz` with a service that checks it",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"realm": "Orders", "forwardIdentityHttpHeader": "X-Authenticated-User",
                  "requireTransportSecurity": true, "requireBasicAuth": true,
                  "staticIdentity": {"identities": [

@@ -45,8 +45,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "caching-resources",
     name: "Caching Resources",
     apiman_names: &["CachingResourcesPolicy", "CachingPolicy", "caching"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Answers repeated requests from a cache shared by Envoy's workers (by method, path and status, for `ttl` seconds) without calling the backend.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "none",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "ttl",
@@ -121,6 +124,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "bytes: a larger response body is not stored (nor held for it); memory stays below `maxEntries` × this",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"ttl": 60, "cachingResourcesSettingsEntries": [
                    {"httpMethod": "GET", "pathPattern": "/products/.*", "statusCode": "200"},
                    {"httpMethod": "*", "pathPattern": "*", "statusCode": "404"}],

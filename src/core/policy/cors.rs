@@ -25,8 +25,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "cors",
     name: "CORS",
     apiman_names: &["cors-policy", "CorsPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Answers CORS preflights at the gateway and adds the CORS headers to responses (and to later policies' failures).",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "400 Authorization, code 400: `CORS: Origin not permitted.` / `CORS: Requested method not allowed or undefined.` / `CORS: Requested header not allowed`",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "allowOrigin",
@@ -85,6 +88,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "refuse disallowed requests with 400 (else pass them on without CORS headers)",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"allowOrigin": ["https://app.example.com", "https://*.example.org"], "allowCredentials": true,
                  "exposeHeaders": ["X-Request-Id"], "allowHeaders": ["Content-Type", "X-API-Key"],
                  "allowMethods": ["GET", "POST"], "maxAge": 600, "errorOnCorsFailure": true}"#,

@@ -27,8 +27,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "ext-authz",
     name: "External Authorization",
     apiman_names: &[],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Asks an HTTP service whether the request may pass (before the backend is reached); its answer can carry the user and roles for later policies.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "14001: 401 Authentication (the service answered 401) / 403 Authorization (any other 4xx); 503 gateway error when the service gives no answer (unless `failureMode: open`)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "url",
@@ -95,6 +98,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "without an answer (unreachable, timeout, 5xx): refuse (closed) or let the request pass (open)",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"url": "http://authz.internal:9000/check", "cluster": "authz", "timeoutMs": 1500,
                  "forwardHeaders": ["authorization"], "upstreamHeaders": ["x-auth-user"],
                  "principalHeader": "x-auth-user", "rolesHeader": "x-auth-roles", "failureMode": "closed"}"#,

@@ -14,8 +14,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "header-allow-deny",
     name: "Header Allow/Deny",
     apiman_names: &["header-allow-deny-policy", "HeaderAllowDenyPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Allows or refuses requests by the values of their headers, first matching rule per header.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "403 Authorization, code 403: `Request not permitted as header '<h>' missing.` / `Request not permitted as no rules matched.` / `Header '<h>:<v>' not permitted.`",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "entries",
@@ -74,6 +77,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "allow (true) or refuse (false) when the rule matches",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"entries": [{"headerName": "X-Tenant", "allowIfHeaderMissing": false, "allowIfNoRulesMatch": false, "rules": [{"headerValueRegex": "acme|globex", "allowRequest": true}]}]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

@@ -11,8 +11,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "http-security",
     name: "HTTP Security",
     apiman_names: &["http-security-policy", "HttpSecurityPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Sets security headers on the backend's responses, overwriting the backend's values (gateway errors are left alone).",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "none",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "hsts",
@@ -103,6 +106,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "the policy",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"hsts": {"enabled": true, "maxAge": 31536000, "includeSubdomains": true, "preload": true},
                  "frameOptions": "DENY", "xssProtection": "BLOCK", "contentTypeOptions": true,
                  "contentSecurityPolicy": {"mode": "ENABLED", "csp": "default-src 'self'"}}"#,

@@ -13,8 +13,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "ignored-resources",
     name: "Ignored Resources",
     apiman_names: &["IgnoredResourcesPolicy", "ignored-resources-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Answers 404 for matching paths: the backend is never called for them.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10007, 404 NotFound, `Requested path \"<path>\" has been ignored.`",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "rules",
@@ -50,6 +53,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "Apiman 1.x form: path regexes for any verb",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"rules": [{"verb": "*", "pathPattern": "/internal/.*"}, {"verb": "DELETE", "pathPattern": "/orders/.*"}], "pathsToIgnore": ["/admin.*"]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

@@ -14,9 +14,13 @@ pub const KIND: PolicyKind = PolicyKind {
         "ip-whitelist-policy",
         "ip-allowlist-policy",
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Refuses requests whose client address is not in the list.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10001 `Inbound IP address \"<ip>\" is not included in the white list.`; status from `responseCode`",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: ip_list::FIELDS,
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"ipList": ["10.0.0.0/8", "192.168.1.5-192.168.1.9"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

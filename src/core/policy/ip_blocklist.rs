@@ -15,9 +15,13 @@ pub const KIND: PolicyKind = PolicyKind {
         "ip-blacklist-policy",
         "ip-blocklist-policy",
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Refuses requests whose client address is in the list; in a chain with an allowlist, the blocklist wins.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10002 `Inbound IP address \"<ip>\" has been black-listed.`; status from `responseCode`",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: ip_list::FIELDS,
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"ipList": ["203.0.113.0/24", "2001:db8::/32"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

@@ -26,8 +26,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "jsonp",
     name: "JSONP",
     apiman_names: &["jsonp-policy", "JsonpPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Wraps a 2xx JSON response in a call of the function the request names (`?callback=fn`), as `application/javascript`; the parameter never reaches the backend.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "15001, 400 Other: `JSONP: the callback name is not a JavaScript identifier.` (the name is not echoed)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "callbackParamName",
@@ -46,6 +49,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "bytes: a larger response is passed on unwrapped (with a log line) rather than held; keep it below Envoy's `per_connection_buffer_limit_bytes` (1 MiB by default)",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"callbackParamName": "jsonp", "maxBodySize": 262144}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

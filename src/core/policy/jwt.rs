@@ -22,8 +22,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "jwt",
     name: "JWT",
     apiman_names: &["jwt-policy", "JWTPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Verifies a bearer JWT (from `Authorization: Bearer` or `access_token`) before the backend is reached: signature, expiry, issuer, audience and required claims; forwards claims as headers and sets the identity (subject, claims, roles) for later policies.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "all 401 Authentication with `WWW-Authenticate: Bearer`: 12003 no TLS, 12005 no token, 12006 expired, 12007 malformed (or larger than 16 KiB), 12008 bad signature or unknown key, 12009 claim/issuer/audience mismatch, 12010 not yet valid, 12011 algorithm not accepted (`none`, or HS with a public key); 503 gateway error when no key set can be fetched",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "requireJWT",
@@ -155,6 +158,7 @@ pub const KIND: PolicyKind = PolicyKind {
         jc::F_CACHE_SIZE,
         jc::F_CACHE_TTL,
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"requireJWT": true, "requireSigned": true, "requireTransportSecurity": true, "stripTokens": true,
                  "signingKeyString": "https://idp.example.com/.well-known/jwks.json", "kid": "2024-01",
                  "allowedClockSkew": 30,

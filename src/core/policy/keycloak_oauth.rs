@@ -28,8 +28,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "keycloak-oauth",
     name: "Keycloak OAuth",
     apiman_names: &["keycloak-oauth-policy", "KeycloakOauthPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Verifies a Keycloak access token (realm certificate or the realm's JWKS), checks its issuer against the realm, forwards claims as headers and hands realm or client roles to Authorization policies.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "all 401 Authentication with `WWW-Authenticate: Bearer`: 11002 token blacklisted after insecure use, 11003 no TLS, 11004 verification failed (Keycloak's message: bad signature, not active, wrong issuer, ...), 11005 no token; 503 gateway error when the realm's keys cannot be fetched",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "requireOauth",
@@ -153,6 +156,7 @@ pub const KIND: PolicyKind = PolicyKind {
         jc::F_CACHE_SIZE,
         jc::F_CACHE_TTL,
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"requireOauth": true, "requireTransportSecurity": true, "blacklistUnsafeTokens": true,
                  "stripTokens": true, "realm": "https://keycloak.example.com/realms/acme",
                  "forwardRoles": {"active": true, "applicationName": "orders-api"},

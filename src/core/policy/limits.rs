@@ -638,6 +638,7 @@ impl Policy for RateLimit {
 
 /// The documented fields of the limit policies: Apiman's `RateLimitingConfig`, with the default
 /// header names of each policy, then the policy's own fields.
+#[allow(unused_macros)] // only the reference uses it, and the wasm build leaves that out
 macro_rules! limit_fields {
     ($limit:expr, [$h0:expr, $h1:expr, $h2:expr], $($extra:expr),* $(,)?) => {
         &[

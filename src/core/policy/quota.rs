@@ -9,8 +9,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "quota",
     name: "Quota",
     apiman_names: &["QuotaPolicy", "quota", "quota-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Rate Limiting for long periods with its own code and headers: `limit` requests per period for each client (or client per API, user, client address), then 429 until the window ends.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10012: 429 `Quota exceeded.` with the quota headers and `Retry-After`; 10008: 500 Other (keyless request, `Client` granularity); 503 gateway error when a `rateLimitService` gives no answer (unless `failureMode: open`)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: limit_fields!(
         "requests allowed per period (0 to 2^53 − 1); a request is accepted while the count is below it",
         ["X-Quota-Limit", "X-Quota-Remaining", "X-Quota-Reset"],
@@ -20,6 +23,7 @@ pub const KIND: PolicyKind = PolicyKind {
         SERVICE_FIELDS[3],
         SERVICE_FIELDS[4],
     ),
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"limit": 10000, "granularity": "Api", "period": "Month", "userHeader": "X-Auth-User",
                  "headerLimit": "X-Quota-Limit", "headerRemaining": "X-Quota-Remaining",
                  "headerReset": "X-Quota-Reset",

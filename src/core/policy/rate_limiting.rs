@@ -9,8 +9,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "rate-limiting",
     name: "Rate Limiting",
     apiman_names: &["RateLimitingPolicy", "rate-limiting", "rate-limiting-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Allows each client (or client per API, user, client address) `limit` requests per period and refuses the rest with 429 until the window ends; exact across Envoy's workers, or shared by several gateways through a rate limit service.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10005: 429 `Rate limit exceeded.` with the limit headers and `Retry-After`; 10008: 500 Other `No client app available for rate limiting.  Public APIs should not use per-app rate limiting rules.` (keyless request, `Client` granularity); 503 gateway error when a `rateLimitService` gives no answer (unless `failureMode: open`)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: limit_fields!(
         "requests allowed per period (0 to 2^53 − 1); a request is accepted while the count is below it",
         ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
@@ -20,6 +23,7 @@ pub const KIND: PolicyKind = PolicyKind {
         SERVICE_FIELDS[3],
         SERVICE_FIELDS[4],
     ),
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"limit": 100, "granularity": "Client", "period": "Minute", "userHeader": "X-Auth-User",
                  "headerLimit": "X-RateLimit-Limit", "headerRemaining": "X-RateLimit-Remaining",
                  "headerReset": "X-RateLimit-Reset",

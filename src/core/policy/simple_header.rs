@@ -21,8 +21,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "simple-header",
     name: "Simple Header",
     apiman_names: &["simple-header-policy", "SimpleHeaderPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Adds headers, then strips headers, on the request, the response or both.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "none",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "addHeaders",
@@ -113,6 +116,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "where to strip",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"addHeaders": [{"headerName": "X-Gateway", "headerValue": "tollgate", "valueType": "String", "applyTo": "Both", "overwrite": true}],
                  "stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "x-internal-.*", "applyTo": "Response"}]}"#,
     capabilities: Capabilities {

@@ -25,8 +25,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "soap-authorization",
     name: "SOAP Authorization",
     apiman_names: &["soap-authorization-policy", "SoapAuthorizationPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Allows a SOAP request only if the user holds the roles its matching rules (by SOAP action) require; roles come from an authentication policy earlier in the chain.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "13003: 500 Other, `The SOAP Action header is not defined.`; 10009: 403 Authorization (a role is missing); 10010: 500 Other (no roles extracted)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "rules",
@@ -55,6 +58,7 @@ pub const KIND: PolicyKind = PolicyKind {
         role_rules::MULTI_MATCH,
         role_rules::REQUEST_UNMATCHED,
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"rules": [{"action": "urn:orders#cancel", "role": "admin"}, {"action": "*", "role": "soap-user"}],
                  "multiMatch": "all", "requestUnmatched": "fail"}"#,
     capabilities: Capabilities {

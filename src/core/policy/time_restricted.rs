@@ -35,8 +35,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "time-restricted-access",
     name: "Time Restricted Access",
     apiman_names: &["TimeRestrictedAccessPolicy", "time-restricted-access-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Opens paths only on some days of the week and at some times of day (UTC or a rule's time zone); overnight windows and wrapping day ranges work.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10014: 403 Other (Apiman: 500), `Request <path> was rejected. Resource cannot be accessed in this time period.`, with `Retry-After` (seconds until the next opening)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "rules",
@@ -95,6 +98,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "the zone the times and days are in: an IANA name (`Europe/Berlin`, daylight saving time followed) or an offset (`+05:30`)",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"rules": [
         {"pathPattern": "/reports/.*", "timeStart": "08:00:00", "timeEnd": "18:00:00", "dayStart": 1, "dayEnd": 5, "timeZone": "Europe/Berlin"},
         {"pathPattern": "/batch/.*", "timeStart": "22:00", "timeEnd": "06:00", "dayStart": 6, "dayEnd": 1}]}"#,

@@ -24,8 +24,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "timeout",
     name: "Timeout",
     apiman_names: &["timeout-policy", "TimeoutPolicy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Bounds how long the gateway waits for the API's backend: the read timeout per request (Envoy's router), the connect timeout on the API's Envoy cluster (tollgate-gen).",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "504 gateway error `API backend timed out.` (read timeout); 503 `API backend unavailable.` (connect timeout)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "timeoutRead",
@@ -44,6 +47,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "milliseconds to establish the connection (TCP and TLS): written into the API's Envoy cluster by tollgate-gen; Envoy has no per-request connect timeout",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"timeoutConnect": "2000", "timeoutRead": "5000"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

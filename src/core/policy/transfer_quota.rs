@@ -17,8 +17,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "transfer-quota",
     name: "Transfer Quota",
     apiman_names: &["TransferQuotaPolicy", "transfer-quota", "transfer-quota-policy"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Allows each client (or client per API, user, client address) `limit` bytes of request and/or response bodies per period, counted as they stream; the request that crosses the limit completes, later ones get 429 until the window ends.",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "10013: 429 `Transfer quota exceeded.` with the quota headers and `Retry-After`; 10008: 500 Other `No client app available for transfer quota.  Public APIs should not use per-app quota rules.` (keyless request, `Client` granularity)",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: limit_fields!(
         "bytes allowed per period (0 to 2^53 − 1; Apiman's UI writes KB/MB/GB as 1024ⁿ bytes); a request is accepted while the count is below it",
         ["X-TransferQuota-Limit", "X-TransferQuota-Remaining", "X-TransferQuota-Reset"],
@@ -31,6 +34,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "what counts: request bodies, response bodies, or both",
         },
     ),
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"limit": 1073741824, "direction": "both", "granularity": "Client", "period": "Day",
                  "userHeader": "X-Auth-User", "headerLimit": "X-TransferQuota-Limit",
                  "headerRemaining": "X-TransferQuota-Remaining", "headerReset": "X-TransferQuota-Reset"}"#,

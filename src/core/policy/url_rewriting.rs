@@ -26,8 +26,11 @@ pub const KIND: PolicyKind = PolicyKind {
     id: "url-rewriting",
     name: "URL Rewriting",
     apiman_names: &["URLRewritingPolicy", "url-rewriting"],
+    #[cfg(not(target_arch = "wasm32"))]
     summary: "Rewrites URLs with a regex and a Java replacement (`$1`) in the request URL, request and response headers and the response body (URLs only).",
+    #[cfg(not(target_arch = "wasm32"))]
     failures: "none",
+    #[cfg(not(target_arch = "wasm32"))]
     fields: &[
         FieldDoc {
             name: "fromRegex",
@@ -86,6 +89,7 @@ pub const KIND: PolicyKind = PolicyKind {
             meaning: "bytes: a larger body passes unrewritten (with a log line) rather than held; keep it below Envoy's `per_connection_buffer_limit_bytes` (1 MiB by default)",
         },
     ],
+    #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"fromRegex": "https?://orders\\.internal:8080/(.*)", "toReplacement": "https://api.example.com/orders/$1",
                  "processRequestUrl": false, "processRequestHeaders": false, "processResponseHeaders": true,
                  "processResponseBody": true, "maxBodySize": 262144}"#,
