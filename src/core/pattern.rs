@@ -3,8 +3,8 @@
 //! ASCII-only case folding. Compiled once at configuration load.
 //!
 //! Matching runs on bytes, which keeps the Unicode tables out of the wasm module. A non-ASCII
-//! literal in a pattern still matches its UTF-8 bytes; `.` matches one byte, not one character
-//! (the only difference from Java a path or header pattern is likely to meet).
+//! literal in a pattern still matches its UTF-8 bytes; `.` matches one byte, not one character,
+//! and a line break too (a decoded path can hold one; Java's `.` would stop there).
 //!
 //! **Cost.** Every pattern is compiled at load into a dense DFA: matching is one table lookup per
 //! input byte, whatever the pattern, so a request can never make the gateway work harder than
@@ -57,6 +57,10 @@ impl Pattern {
                 .unicode(false)
                 .utf8(false)
                 .case_insensitive(ignore_case)
+                // Paths are matched percent-decoded: `%0A` must not let `/admin/x%0A` slip
+                // past `/admin/.*` (Java's `.` stops at a line break, but Apiman matches the
+                // raw path). Header values never hold a line break, so nothing else changes.
+                .dot_matches_new_line(true)
                 .nest_limit(NEST_LIMIT),
         )
         .map_err(|e| {
@@ -454,6 +458,13 @@ mod tests {
         let p = Pattern::full(r"\w+").unwrap();
         assert!(p.is_match("abc_1"));
         assert!(!p.is_match("é"));
+    }
+
+    #[test]
+    fn dot_matches_a_line_break() {
+        let p = Pattern::full("/admin/.*").unwrap();
+        assert!(p.is_match("/admin/x\ny"));
+        assert!(p.is_match("/admin/\r\n"));
     }
 
     #[test]

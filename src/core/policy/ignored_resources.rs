@@ -254,6 +254,13 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_line_break_does_not_hide_an_ignored_path() {
+        assert!(ignored("/hidden/.*", "/hidden/%0A"));
+        assert!(ignored("/hidden/.*", "/hidden/a%0Ab"));
+        assert!(ignored("/admin.*", "/admin%0d%0a"));
+    }
+
+    #[test]
     fn a_non_ascii_pattern_matches_the_percent_decoded_path() {
         assert!(ignored("/caf\u{e9}/.*", "/caf%C3%A9/menu"));
         assert!(ignored("/caf\u{e9}/.*", "/caf\u{e9}/menu"));

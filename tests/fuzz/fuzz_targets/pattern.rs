@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         let oracle = regex::bytes::RegexBuilder::new(&format!("^(?:(?:{pattern}))$"))
             .unicode(false)
             .case_insensitive(ignore_case)
+            .dot_matches_new_line(true)
             .build();
         if let Ok(re) = oracle {
             assert_eq!(
