@@ -333,7 +333,10 @@ pub struct Builder<'a> {
     /// own: most contracts of a large registry, composed once.
     composed: FastMap<(u32, u32), u32>,
     /// (policyImpl, policyJsonConfig text) → compiled (None: refused), for the fast reader.
-    apiman_specs: HashMap<(String, String), Option<Rc<dyn Policy>>>,
+    apiman_specs: HashMap<Box<str>, Option<Rc<dyn Policy>>>,
+    /// `apiman_specs`'s key for the policy being looked up (no allocation per lookup: 200,000
+    /// Apiman clients carry the same policies 200,000 times).
+    apiman_key: String,
 }
 
 impl<'a> Builder<'a> {
@@ -355,6 +358,7 @@ impl<'a> Builder<'a> {
             chain_index: HashMap::new(),
             composed: FastMap::default(),
             apiman_specs: HashMap::new(),
+            apiman_key: String::new(),
         }
     }
 
@@ -500,10 +504,16 @@ impl<'a> Builder<'a> {
         path: &dyn Fn() -> String,
         problems: &mut Problems,
     ) -> Option<Rc<dyn Policy>> {
-        let key = (policy_impl.to_string(), config.to_string());
-        if let Some(done) = self.apiman_specs.get(&key) {
+        // The class's length first: no two (class, configuration) pairs share a key.
+        self.apiman_key.clear();
+        self.apiman_key.push_str(&policy_impl.len().to_string());
+        self.apiman_key.push(':');
+        self.apiman_key.push_str(policy_impl);
+        self.apiman_key.push_str(config);
+        if let Some(done) = self.apiman_specs.get(self.apiman_key.as_str()) {
             return done.clone();
         }
+        let key: Box<str> = self.apiman_key.as_str().into();
         let entry = serde_json::json!({"policyImpl": policy_impl, "policyJsonConfig": config});
         let compiled =
             crate::config::apiman::parse_policy(&entry, &path(), self.compiler.env, problems)

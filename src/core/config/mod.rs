@@ -112,7 +112,7 @@ pub struct GatewayConfig {
 /// A configuration document that can be walked more than once without holding it whole (the
 /// plugin configuration is read from the host in chunks).
 pub trait Document {
-    /// Walks the document once (see `stream::walk`); the error is serde's, with its position.
+    /// Walks the document once (see `stream::walk`); the error says where and why.
     fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String>;
 }
 
@@ -121,9 +121,7 @@ pub struct Bytes<'a>(pub &'a [u8]);
 
 impl Document for Bytes<'_> {
     fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String> {
-        let mut d = serde_json::Deserializer::from_slice(self.0);
-        stream::walk(&mut d, pass, sink).map_err(|e| e.to_string())?;
-        d.end().map_err(|e| e.to_string())
+        stream::walk(self.0, pass, sink)
     }
 }
 
@@ -136,10 +134,7 @@ where
     R: std::io::Read,
 {
     fn walk(&self, pass: stream::Pass, sink: &mut dyn FnMut(stream::Item)) -> Result<(), String> {
-        let reader = std::io::BufReader::with_capacity(1 << 16, (self.0)());
-        let mut d = serde_json::Deserializer::from_reader(reader);
-        stream::walk(&mut d, pass, sink).map_err(|e| e.to_string())?;
-        d.end().map_err(|e| e.to_string())
+        stream::walk((self.0)(), pass, sink)
     }
 }
 
@@ -172,7 +167,7 @@ pub fn load_document(
                 plans.push(plan);
             }
         }
-        Item::Entry(Section::Clients, _, _) | Item::RawClient(..) => {}
+        Item::Entry(Section::Clients, _, _) | Item::RawClient(..) | Item::InvalidClient(..) => {}
         Item::ClientCount(n) => client_count = n,
         Item::Unknown(key) => problems.warning(&key, "unknown field ignored"),
         Item::NotAnArray(section, what) => {
@@ -197,14 +192,21 @@ pub fn load_document(
     builder.reserve_clients(client_count);
     let walked = doc.walk(Pass::Clients, &mut |item| {
         let (i, v) = match item {
-            Item::RawClient(i, raw) => {
-                if add_fast(&mut builder, raw.get(), i, problems) {
+            Item::RawClient(i, text) => {
+                if add_fast(&mut builder, text, i, problems) {
                     return;
                 }
-                match serde_json::from_str::<Value>(raw.get()) {
+                match serde_json::from_str::<Value>(text) {
                     Ok(v) => (i, v),
-                    Err(_) => return,
+                    Err(e) => {
+                        problems.error(&format!("clients[{i}]"), format!("not valid JSON: {e}"));
+                        return;
+                    }
                 }
+            }
+            Item::InvalidClient(i, why) => {
+                problems.error(&format!("clients[{i}]"), why);
+                return;
             }
             Item::Entry(Section::Clients, i, v) => (i, v),
             _ => return,

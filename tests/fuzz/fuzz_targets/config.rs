@@ -1,8 +1,10 @@
 //! The configuration parser, structure-aware: the input is a list of edits to one of the valid
 //! registries the fixtures carry (replace a value, remove or insert a field, duplicate an array
-//! element, change a type, write a policy's configuration as Apiman's JSON string). The result
-//! is loaded; a registry that loads then answers a few requests. Loading refuses or accepts,
-//! and every request gets an answer: never a panic, never an allocation over the bound.
+//! element, change a type, write a policy's configuration as Apiman's JSON string), now and then
+//! followed by raw byte edits of the text. The result is loaded, from memory and in pieces of a
+//! few bytes (the two must agree); a registry that loads then answers a few requests. Loading
+//! refuses or accepts, and every request gets an answer: never a panic, never an allocation over
+//! the bound.
 #![no_main]
 
 use std::rc::Rc;
@@ -195,7 +197,22 @@ fn registry_text(data: &[u8]) -> Vec<u8> {
         }
         edit(&mut root, &mut r);
     }
-    serde_json::to_vec(&root).unwrap_or_default()
+    let mut text = serde_json::to_vec(&root).unwrap_or_default();
+    // Now and then a few raw byte edits: the document's syntax, not only its contents.
+    if r.below(4) == 0 {
+        for _ in 0..1 + r.below(3) {
+            let i = r.below(text.len() + 1);
+            match r.below(3) {
+                0 => text.insert(i, r.byte()),
+                1 if i < text.len() => {
+                    text.remove(i);
+                }
+                _ if i < text.len() => text[i] = r.byte(),
+                _ => {}
+            }
+        }
+    }
+    text
 }
 
 fn env(name: &str) -> Option<String> {
@@ -242,9 +259,33 @@ fn requests() -> Vec<(HeaderMap, &'static str)> {
     ]
 }
 
+/// Hands a document over a few bytes at a time, as the host's pieces do.
+struct Pieces<'a>(&'a [u8], usize);
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.1.min(buf.len()).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let text = registry_text(data);
-    let Ok(loaded) = tollgate_core::load(&text, &env) else {
+    let loaded = tollgate_core::load(&text, &env);
+    // Read in pieces, the document loads (or is refused) exactly as from memory.
+    let piece = 1 + data.first().map_or(0, |&b| usize::from(b % 13));
+    let doc = tollgate_core::config::ReadDocument(|| Pieces(&text, piece));
+    match (&loaded, tollgate_core::load_document(&doc, &env)) {
+        (Ok(a), Ok(b)) => assert_eq!(
+            (a.registry.client_count(), &a.warnings),
+            (b.registry.client_count(), &b.warnings)
+        ),
+        (Err(a), Err(b)) => assert_eq!(a, &b),
+        (a, b) => panic!("from memory {:?}, in pieces {:?}", a.is_ok(), b.is_ok()),
+    }
+    let Ok(loaded) = loaded else {
         return;
     };
     let registry = Rc::new(loaded.registry);
