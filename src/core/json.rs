@@ -18,6 +18,8 @@ pub(crate) mod recorder {
     }
 
     /// Runs `f` and returns the field paths it asked for (`rules[].verb`), primary names only.
+    /// (Only the policy reference's test calls it, and that reference is not built for wasm.)
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn record(f: impl FnOnce()) -> Vec<String> {
         ASKED.with(|a| *a.borrow_mut() = Some(Vec::new()));
         f();
