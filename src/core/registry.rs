@@ -9,6 +9,7 @@
 //! index: 200,000 Apiman contracts carrying the same aggregated policies share one chain.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -506,8 +507,7 @@ impl<'a> Builder<'a> {
     ) -> Option<Rc<dyn Policy>> {
         // The class's length first: no two (class, configuration) pairs share a key.
         self.apiman_key.clear();
-        self.apiman_key.push_str(&policy_impl.len().to_string());
-        self.apiman_key.push(':');
+        let _ = write!(self.apiman_key, "{}:", policy_impl.len());
         self.apiman_key.push_str(policy_impl);
         self.apiman_key.push_str(config);
         if let Some(done) = self.apiman_specs.get(self.apiman_key.as_str()) {

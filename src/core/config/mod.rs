@@ -208,7 +208,6 @@ pub fn load_document(
                 problems.error(&format!("clients[{i}]"), why);
                 return;
             }
-            Item::Entry(Section::Clients, i, v) => (i, v),
             _ => return,
         };
         if let Some(client) = parse_client(&v, &format!("clients[{i}]"), env, problems) {
