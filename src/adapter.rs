@@ -439,19 +439,60 @@ impl RootContext for Root {
         // The VM's environment is Envoy's `vm_config.environment_variables` (WASI environ).
         let env = |name: &str| std::env::var(name).ok();
         let started = abi::now_nanos();
-        match tollgate_core::load_document(&config, &env) {
-            Ok(loaded) => {
+        let took = || {
+            abi::now_nanos()
+                .zip(started)
+                .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000)
+        };
+        // A large registry is loaded once per configuration, not once per VM: the first VM
+        // writes its image to shared data and the others adopt it (see registry::image).
+        let image = (size >= image::MIN_CONFIG_SIZE)
+            .then(|| image::key(size))
+            .flatten();
+        if let Some(key) = &image {
+            match image::adopt(key, &env) {
+                Some(Ok(registry)) => {
+                    log::info!(
+                        "loaded {} APIs and {} clients in {} ms (the registry image another VM compiled from this configuration)",
+                        registry.apis().len(),
+                        registry.client_count(),
+                        took()
+                    );
+                    self.set_tick_period(TICK);
+                    self.registry = Some(Rc::new(registry));
+                    return true;
+                }
+                Some(Err(why)) => log::info!("registry image not used: {why}"),
+                None => {}
+            }
+        }
+        let seen = tollgate_core::registry::image::EnvRecord::default();
+        let recording = |name: &str| {
+            let value = env(name);
+            seen.note(name, &value);
+            value
+        };
+        match tollgate_core::load_document(&config, &recording) {
+            Ok(mut loaded) => {
                 log_warnings_once(&loaded.warnings);
                 // Once per VM and configuration: how big and how long, for capacity planning.
-                let took = abi::now_nanos()
-                    .zip(started)
-                    .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000);
                 log::info!(
                     "loaded {} APIs and {} clients in {} ms",
                     loaded.registry.apis().len(),
                     loaded.registry.client_count(),
-                    took
+                    took()
                 );
+                let recipe = loaded.registry.take_recipe();
+                if let (Some(key), Some(recipe)) = (image, recipe) {
+                    let before = took();
+                    match image::store(&key, &loaded.registry, &recipe, &seen) {
+                        Ok(bytes) => log::info!(
+                            "registry image written for the other VMs: {bytes} bytes in {} ms",
+                            took().saturating_sub(before)
+                        ),
+                        Err(why) => log::warn!("registry image not written: {why}"),
+                    }
+                }
                 // Stats are handed to Envoy on the tick, and policies may sweep on it.
                 self.set_tick_period(TICK);
                 self.registry = Some(Rc::new(loaded.registry));
@@ -492,6 +533,112 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Registry images in Envoy's shared data (the format is `tollgate_core::registry::image`'s).
+///
+/// An image of a configuration lives under `tollgate.registry-image.<size>.<fingerprint>`: its
+/// pieces under that name plus `.0`, `.1`, …, and, written last, the name itself holding the
+/// number of pieces, so a VM never adopts a half-written image. `tollgate.registry-images`
+/// lists the images newest last; only the newest `KEEP` are kept (the older ones' values are
+/// emptied: shared data has no delete), so live updates do not pile up images in Envoy's memory.
+mod image {
+    use super::abi;
+    use proxy_wasm::types::BufferType;
+    use tollgate_core::config::Env;
+    use tollgate_core::registry::image::{self, EnvRecord, Fingerprint, Recipe};
+    use tollgate_core::registry::Registry;
+
+    /// Smaller configurations load in a few milliseconds: no image.
+    pub const MIN_CONFIG_SIZE: usize = 1 << 20;
+    const INDEX: &str = "tollgate.registry-images";
+    /// The images kept: the configuration in use and the one before it.
+    const KEEP: usize = 2;
+
+    /// The shared-data name of this configuration's image: its size and fingerprint (reading
+    /// it once, a megabyte at a time). `None` if the configuration cannot be read.
+    pub fn key(size: usize) -> Option<String> {
+        let mut f = Fingerprint::default();
+        let mut offset = 0;
+        while offset < size {
+            let piece = abi::get_buffer(
+                BufferType::PluginConfiguration as u32,
+                offset,
+                image::PIECE.min(size - offset),
+            )
+            .ok()
+            .filter(|p| !p.is_empty())?;
+            f.update(&piece);
+            offset += piece.len();
+        }
+        Some(format!("tollgate.registry-image.{size}.{}", f.hex()))
+    }
+
+    fn pieces_of(key: &str) -> Option<usize> {
+        let (count, _) = abi::get_shared(key)?;
+        std::str::from_utf8(&count).ok()?.parse().ok()
+    }
+
+    /// The registry from this configuration's image; `None` when there is none yet.
+    pub fn adopt(key: &str, env: Env) -> Option<Result<Registry, String>> {
+        let count = pieces_of(key)?;
+        let mut i = 0;
+        let mut next = || {
+            if i >= count {
+                return None;
+            }
+            i += 1;
+            abi::get_shared(&format!("{key}.{}", i - 1)).map(|(piece, _)| piece)
+        };
+        Some(image::read(env, &mut next))
+    }
+
+    /// Writes the image and lists it; the number of bytes written.
+    pub fn store(
+        key: &str,
+        registry: &Registry,
+        recipe: &Recipe,
+        env: &EnvRecord,
+    ) -> Result<usize, String> {
+        let (mut count, mut bytes) = (0usize, 0usize);
+        image::write(registry, recipe, env, &mut |piece| {
+            let stored = abi::set_shared(&format!("{key}.{count}"), piece, 0) == abi::OK;
+            count += 1;
+            bytes += piece.len();
+            stored
+        })?;
+        if abi::set_shared(key, count.to_string().as_bytes(), 0) != abi::OK {
+            return Err("shared data refused it".into());
+        }
+        list(key);
+        Ok(bytes)
+    }
+
+    /// Adds `key` to the index and empties the images past the newest `KEEP`.
+    fn list(key: &str) {
+        for _ in 0..4 {
+            let (index, cas) = abi::get_shared(INDEX).unwrap_or_default();
+            let mut keys: Vec<&str> = std::str::from_utf8(&index)
+                .unwrap_or_default()
+                .lines()
+                .filter(|k| *k != key && !k.is_empty())
+                .collect();
+            keys.push(key);
+            let drop = keys.len().saturating_sub(KEEP);
+            let text = keys[drop..].join("\n");
+            if abi::set_shared(INDEX, text.as_bytes(), cas) != abi::OK {
+                continue; // another VM listed one meanwhile: read the index again
+            }
+            for old in &keys[..drop] {
+                let count = pieces_of(old).unwrap_or(0);
+                let _ = abi::set_shared(old, b"", 0);
+                for i in 0..count {
+                    let _ = abi::set_shared(&format!("{old}.{i}"), b"", 0);
+                }
+            }
+            return;
+        }
     }
 }
 

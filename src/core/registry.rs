@@ -25,6 +25,8 @@ use crate::json::{Fields, Problems};
 use crate::model::{Api, ClientIdentity, Endpoint, GatewaySettings};
 use crate::policy::{BuildContext, CallTarget, Policy};
 
+pub mod image;
+
 /// Runtime gateway settings.
 pub type Settings = GatewaySettings;
 
@@ -168,6 +170,8 @@ pub struct Registry {
     call_targets: Vec<CallTarget>,
     /// Distinct policies with periodic work.
     tickers: Vec<Rc<dyn Policy>>,
+    /// What the registry's image needs, until it is written (see `image`).
+    recipe: Option<Box<image::Recipe>>,
 }
 
 /// FNV-1a. The registry's maps are built once from configuration and only read per request,
@@ -263,6 +267,12 @@ impl Registry {
         &self.tickers
     }
 
+    /// What writing this registry's image needs (kept by a load from a configuration document;
+    /// taken once, so it is not held longer than that).
+    pub fn take_recipe(&mut self) -> Option<Box<image::Recipe>> {
+        self.recipe.take()
+    }
+
     /// Builds the registry from a whole parsed configuration (see `Builder` for streaming).
     pub fn build(config: GatewayConfig, env: Env, problems: &mut Problems) -> Option<Registry> {
         let mut b = Builder::new(config.gateway.clone(), env);
@@ -338,6 +348,9 @@ pub struct Builder<'a> {
     /// `apiman_specs`'s key for the policy being looked up (no allocation per lookup: 200,000
     /// Apiman clients carry the same policies 200,000 times).
     apiman_key: String,
+    /// The configuration's gateway, APIs and plans as JSON, when the registry's image will be
+    /// written (see `image`).
+    recipe_head: Option<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -353,6 +366,7 @@ impl<'a> Builder<'a> {
                 compiled: HashMap::new(),
                 call_targets: Vec::new(),
                 tickers: Vec::new(),
+                specs: Vec::new(),
             },
             plans: FastMap::default(),
             api_paths: Vec::new(),
@@ -360,6 +374,7 @@ impl<'a> Builder<'a> {
             composed: FastMap::default(),
             apiman_specs: HashMap::new(),
             apiman_key: String::new(),
+            recipe_head: None,
         }
     }
 
@@ -693,6 +708,12 @@ impl<'a> Builder<'a> {
         self.registry.call_targets = self.compiler.call_targets;
         self.registry.tickers = self.compiler.tickers;
         self.registry.client_ids.shrink_to_fit();
+        if let Some(head) = self.recipe_head {
+            self.registry.recipe = Some(Box::new(image::Recipe {
+                head,
+                specs: self.compiler.specs,
+            }));
+        }
         problems.is_ok().then_some(self.registry)
     }
 }
@@ -716,6 +737,8 @@ struct Compiler<'a> {
     compiled: HashMap<String, Result<Rc<dyn Policy>, String>>,
     call_targets: Vec<CallTarget>,
     tickers: Vec<Rc<dyn Policy>>,
+    /// Every distinct policy compiled, with its spec (for the registry's image).
+    specs: Vec<(Rc<dyn Policy>, PolicySpec)>,
 }
 
 impl Compiler<'_> {
@@ -786,6 +809,7 @@ impl Compiler<'_> {
                 if p.wants_tick() {
                     self.tickers.push(p.clone());
                 }
+                self.specs.push((p.clone(), spec.clone()));
                 self.compiled.insert(key, Ok(p.clone()));
             }
             None => {

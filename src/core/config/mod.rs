@@ -145,50 +145,9 @@ pub fn load_document(
     env: Env,
     problems: &mut Problems,
 ) -> Option<crate::registry::Registry> {
-    use stream::{Item, Pass, Section};
-    let mut settings = GatewaySettings::default();
-    let mut apis = Vec::new();
-    let mut plans = Vec::new();
-    let mut client_count = 0;
-    let walked = doc.walk(Pass::Catalogue, &mut |item| match item {
-        Item::Gateway(v) => {
-            if let Some(mut g) = Fields::of(&v, "gateway", problems) {
-                settings = parse_settings(&mut g, problems);
-                g.finish(problems);
-            }
-        }
-        Item::Entry(Section::Apis, i, v) => {
-            if let Some(api) = parse_api(&v, &format!("apis[{i}]"), env, problems) {
-                apis.push(api);
-            }
-        }
-        Item::Entry(Section::Plans, i, v) => {
-            if let Some(plan) = parse_plan(&v, &format!("plans[{i}]"), env, problems) {
-                plans.push(plan);
-            }
-        }
-        Item::Entry(Section::Clients, _, _) | Item::RawClient(..) | Item::InvalidClient(..) => {}
-        Item::ClientCount(n) => client_count = n,
-        Item::Unknown(key) => problems.warning(&key, "unknown field ignored"),
-        Item::NotAnArray(section, what) => {
-            problems.error(section.name(), format!("expected an array, found {what}"))
-        }
-    });
-    if let Err(e) = walked {
-        problems.error(
-            "(configuration)",
-            format!("not valid JSON: {e} (the plugin configuration must be one JSON object)"),
-        );
-        return None;
-    }
-    let mut builder = crate::registry::Builder::new(settings, env);
-    for plan in &plans {
-        builder.add_plan(plan, problems);
-    }
-    for api in &apis {
-        builder.add_api(api, problems);
-    }
-    drop((plans, apis));
+    use stream::{Item, Pass};
+    let (mut builder, client_count, head) = load_catalogue(doc, env, problems)?;
+    builder.keep_recipe(head.to_string());
     builder.reserve_clients(client_count);
     let walked = doc.walk(Pass::Clients, &mut |item| {
         let (i, v) = match item {
@@ -221,6 +180,77 @@ pub fn load_document(
         return None;
     }
     builder.finish(problems)
+}
+
+/// The first pass over a document: its gateway settings, APIs and plans, compiled into a builder
+/// ready for the clients; the number of clients; and those sections as they were written (the
+/// registry image carries them).
+fn load_catalogue<'e>(
+    doc: &dyn Document,
+    env: Env<'e>,
+    problems: &mut Problems,
+) -> Option<(crate::registry::Builder<'e>, usize, Value)> {
+    use stream::{Item, Pass, Section};
+    let mut settings = GatewaySettings::default();
+    let mut apis = Vec::new();
+    let mut plans = Vec::new();
+    let mut head = serde_json::Map::new();
+    let (mut api_values, mut plan_values) = (Vec::new(), Vec::new());
+    let mut client_count = 0;
+    let walked = doc.walk(Pass::Catalogue, &mut |item| match item {
+        Item::Gateway(v) => {
+            if let Some(mut g) = Fields::of(&v, "gateway", problems) {
+                settings = parse_settings(&mut g, problems);
+                g.finish(problems);
+            }
+            head.insert("gateway".into(), v);
+        }
+        Item::Entry(Section::Apis, i, v) => {
+            if let Some(api) = parse_api(&v, &format!("apis[{i}]"), env, problems) {
+                apis.push(api);
+            }
+            api_values.push(v);
+        }
+        Item::Entry(Section::Plans, i, v) => {
+            if let Some(plan) = parse_plan(&v, &format!("plans[{i}]"), env, problems) {
+                plans.push(plan);
+            }
+            plan_values.push(v);
+        }
+        Item::Entry(Section::Clients, _, _) | Item::RawClient(..) | Item::InvalidClient(..) => {}
+        Item::ClientCount(n) => client_count = n,
+        Item::Unknown(key) => problems.warning(&key, "unknown field ignored"),
+        Item::NotAnArray(section, what) => {
+            problems.error(section.name(), format!("expected an array, found {what}"))
+        }
+    });
+    if let Err(e) = walked {
+        problems.error(
+            "(configuration)",
+            format!("not valid JSON: {e} (the plugin configuration must be one JSON object)"),
+        );
+        return None;
+    }
+    let mut builder = crate::registry::Builder::new(settings, env);
+    for plan in &plans {
+        builder.add_plan(plan, problems);
+    }
+    for api in &apis {
+        builder.add_api(api, problems);
+    }
+    head.insert("apis".into(), Value::Array(api_values));
+    head.insert("plans".into(), Value::Array(plan_values));
+    Some((builder, client_count, Value::Object(head)))
+}
+
+/// A builder with the gateway settings, APIs and plans of `head` (a registry image's), ready
+/// for the image's clients.
+pub(crate) fn load_head<'e>(
+    head: &[u8],
+    env: Env<'e>,
+    problems: &mut Problems,
+) -> Option<crate::registry::Builder<'e>> {
+    load_catalogue(&Bytes(head), env, problems).map(|(builder, _, _)| builder)
 }
 
 /// Adds the client whose text is `text` by the fast reader, if it can take it (see `fast`).

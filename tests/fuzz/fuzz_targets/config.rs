@@ -2,9 +2,10 @@
 //! registries the fixtures carry (replace a value, remove or insert a field, duplicate an array
 //! element, change a type, write a policy's configuration as Apiman's JSON string), now and then
 //! followed by raw byte edits of the text. The result is loaded, from memory and in pieces of a
-//! few bytes (the two must agree); a registry that loads then answers a few requests. Loading
-//! refuses or accepts, and every request gets an answer: never a panic, never an allocation over
-//! the bound.
+//! few bytes (the two must agree); a registry that loads then answers a few requests, and so does
+//! its registry image as the other VMs adopt it (the answers must be the same). Loading refuses
+//! or accepts, and every request gets an answer: never a panic, never an allocation over the
+//! bound.
 #![no_main]
 
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use tollgate_core::exchange::{Exchange, Step};
 use tollgate_core::host::MemoryHost;
 use tollgate_core::http::HeaderMap;
 use tollgate_core::policy::Body;
+use tollgate_core::registry::image;
 use tollgate_fuzz::{Reader, FIELDS, VALUES};
 
 /// The valid registries edits start from: every fixture's, and one using every policy in
@@ -271,26 +273,12 @@ impl std::io::Read for Pieces<'_> {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    let text = registry_text(data);
-    let loaded = tollgate_core::load(&text, &env);
-    // Read in pieces, the document loads (or is refused) exactly as from memory.
-    let piece = 1 + data.first().map_or(0, |&b| usize::from(b % 13));
-    let doc = tollgate_core::config::ReadDocument(|| Pieces(&text, piece));
-    match (&loaded, tollgate_core::load_document(&doc, &env)) {
-        (Ok(a), Ok(b)) => assert_eq!(
-            (a.registry.client_count(), &a.warnings),
-            (b.registry.client_count(), &b.warnings)
-        ),
-        (Err(a), Err(b)) => assert_eq!(a, &b),
-        (a, b) => panic!("from memory {:?}, in pieces {:?}", a.is_ok(), b.is_ok()),
-    }
-    let Ok(loaded) = loaded else {
-        return;
-    };
-    let registry = Rc::new(loaded.registry);
+/// What the registry answers to `requests()`, step by step, at a fixed time.
+fn answers(registry: &Rc<tollgate_core::registry::Registry>) -> Vec<String> {
+    let mut out = Vec::new();
     for (headers, peer) in requests() {
         let mut host = MemoryHost::with_downstream(peer);
+        host.now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let mut exchange = Exchange::new(registry.clone());
         let step = exchange.on_request_headers(headers, &mut host);
         if let Step::Reply(reply) = &step {
@@ -299,12 +287,51 @@ fuzz_target!(|data: &[u8]| {
                 "status {}",
                 reply.status
             );
+            out.push(format!("{step:?}"));
             continue;
         }
-        let _ = exchange.on_request_body(Body::new(b"{}".to_vec()), &mut host);
+        out.push(format!("{step:?}"));
+        let step = exchange.on_request_body(Body::new(b"{}".to_vec()), &mut host);
+        out.push(format!("{step:?}"));
         let response = HeaderMap::from_pairs(vec![(":status".into(), "200".into())]);
-        let _ = exchange.on_response_headers(response, &mut host);
-        let _ = exchange.on_response_body(Body::new(b"ok".to_vec()), &mut host);
+        let step = exchange.on_response_headers(response, &mut host);
+        out.push(format!("{step:?}"));
+        let step = exchange.on_response_body(Body::new(b"ok".to_vec()), &mut host);
+        out.push(format!("{step:?}"));
         exchange.on_complete(&mut host);
     }
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = registry_text(data);
+    let loaded = tollgate_core::load(&text, &env);
+    // Read in pieces, the document loads (or is refused) exactly as from memory.
+    let piece = 1 + data.first().map_or(0, |&b| usize::from(b % 13));
+    let doc = tollgate_core::config::ReadDocument(|| Pieces(&text, piece));
+    let streamed = tollgate_core::load_document(&doc, &env);
+    match (&loaded, &streamed) {
+        (Ok(a), Ok(b)) => assert_eq!(
+            (a.registry.client_count(), &a.warnings),
+            (b.registry.client_count(), &b.warnings)
+        ),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("from memory {:?}, in pieces {:?}", a.is_ok(), b.is_ok()),
+    }
+    let (Ok(_), Ok(mut streamed)) = (loaded, streamed) else {
+        return;
+    };
+    // The registry's image, as the other VMs adopt it, answers exactly as the loaded registry.
+    let recipe = streamed.registry.take_recipe().expect("a document load keeps its recipe");
+    let mut image = Vec::new();
+    image::write(&streamed.registry, &recipe, &image::EnvRecord::default(), &mut |p| {
+        image.push(p.to_vec());
+        true
+    })
+    .expect("a loaded registry writes its image");
+    let mut pieces = image.into_iter();
+    let adopted = image::read(&env, &mut || pieces.next()).expect("an image reads back");
+    let registry = Rc::new(streamed.registry);
+    let expected = answers(&registry);
+    assert_eq!(answers(&Rc::new(adopted)), expected);
 });

@@ -136,6 +136,99 @@ fn tollgate_logs_configuration_warnings_once_across_worker_vms() {
         .any(|k| k.starts_with("tollgate.config-warned.")));
 }
 
+/// A registry past the size from which tollgate shares its compiled image between VMs (1 MiB).
+fn large_registry(tag: &str) -> String {
+    let clients: Vec<serde_json::Value> = (0..8000)
+        .map(|n| {
+            json!({"organizationId": "t", "clientId": format!("client-{n}"), "version": "1",
+                   "apiKey": format!("key-{tag}-{n:06}"),
+                   "contracts": [{"apiOrgId": "t", "apiId": "a", "apiVersion": "1", "plan": "gold"}]})
+        })
+        .collect();
+    json!({
+        "apis": [{"organizationId": "t", "apiId": "a", "version": "1", "endpoint": "http://b/",
+                  "apiPolicies": [{"policy": "ip-allowlist", "config": {"ipList": ["0.0.0.0/0"]}}]}],
+        "plans": [{"planId": "gold", "policies": [{"policy": "simple-header", "config": {"addHeaders": [
+            {"headerName": "X-Plan", "headerValue": tag, "applyTo": "Request"}]}}]}],
+        "clients": clients
+    })
+    .to_string()
+}
+
+fn load_lines(vm: &tollgate_harness::host::Vm) -> Vec<String> {
+    vm.exec(|g| g.take_logs())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .filter(|m| m.starts_with("loaded ") || m.contains("registry image"))
+        .collect()
+}
+
+#[test]
+fn a_large_registry_is_compiled_once_and_adopted_by_the_other_vms() {
+    let config = large_registry("one");
+    assert!(config.len() > 1 << 20, "{} bytes", config.len());
+    let host = Host::new(HostSettings::default());
+    let vms: Vec<_> = (0..3)
+        .map(|_| host.start_vm(config.as_bytes()).unwrap())
+        .collect();
+    let first = load_lines(&vms[0]);
+    assert!(first.iter().any(|l| l.ends_with(" ms")), "{first:?}");
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("registry image written")),
+        "{first:?}"
+    );
+    for vm in &vms[1..] {
+        let lines = load_lines(vm);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("clients in") && l.contains("the registry image")),
+            "{lines:?}"
+        );
+    }
+    for vm in &vms {
+        let known = vm
+            .run(
+                StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-one-007999"),
+                |_| ok(),
+            )
+            .unwrap();
+        assert_eq!(known.status, 200, "{known:?}");
+        assert_eq!(backend_header(&known, "x-plan").as_deref(), Some("one"));
+        let unknown = vm
+            .run(
+                StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-two-007999"),
+                |_| ok(),
+            )
+            .unwrap();
+        assert_eq!(unknown.status, 404, "{unknown:?}");
+        assert_eq!(
+            unknown.header("x-gateway-error"),
+            Some("No client found for API Key key****")
+        );
+    }
+}
+
+#[test]
+fn registry_images_of_replaced_configurations_are_emptied() {
+    let host = Host::new(HostSettings::default());
+    for tag in ["one", "two", "three"] {
+        host.start_vm(large_registry(tag).as_bytes()).unwrap();
+    }
+    let held: Vec<String> = host
+        .shared()
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("tollgate.registry-image."))
+        .filter(|k| host.shared().get(k).is_some_and(|(v, _)| !v.is_empty()))
+        .collect();
+    let manifests = held.iter().filter(|k| k.matches('.').count() == 3).count();
+    assert_eq!(manifests, 2, "{held:?}");
+}
+
 // ---- shared data under contention ----------------------------------------------------------
 
 struct CounterRoot;

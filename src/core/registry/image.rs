@@ -1,0 +1,707 @@
+//! The registry image: a compiled registry written out so that the other VMs of the same
+//! configuration adopt it instead of loading the configuration again.
+//!
+//! Envoy configures a plugin three times one after another (twice on the main thread, then on
+//! each worker), and a worker serves nothing while it loads: for a million keys each load takes
+//! seconds. The first VM to load a configuration writes its image to Envoy's shared data (the
+//! adapter does, in pieces); the others find it by the configuration's fingerprint and read the
+//! tables straight in, compiling only the few distinct policies again.
+//!
+//! What is in it: the configuration's `gateway`, `apis` and `plans` as JSON (read again the
+//! usual way, so APIs, plans and settings are exactly as a full load makes them), every distinct
+//! policy of the contracts' chains as its spec (compiled again, each once), the chains as lists
+//! of those policies, the string tables and the client, contract and key records. Which
+//! environment variables the load read is recorded as digests of their values: a VM whose
+//! environment differs loads the configuration itself. The image is only ever written after a
+//! load that succeeded, and reading one checks every index, so a damaged or foreign image is
+//! refused (and the VM loads the configuration) rather than trusted.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Builder, ClientRecord, ContractRecord, KeyId, Registry};
+use crate::chain::Chain;
+use crate::config::{Env, PolicySpec};
+use crate::json::Problems;
+use crate::policy::{kind_by_name, Policy};
+
+/// Changes whenever the layout below does. The fingerprint of this crate's source is written
+/// beside it (build.rs), so an image written by another build of tollgate in the same Envoy (a
+/// module replaced by a live update keeps its predecessor's shared data) is never read.
+const FORMAT: &str = "tollgate-registry-image/1";
+const BUILD: &str = env!("TOLLGATE_CORE_SOURCE");
+
+/// How the image is cut for Envoy's shared data: a reader holds one piece at a time, so adopting
+/// a 70 MB image does not grow the VM by 70 MB.
+pub const PIECE: usize = 1 << 20;
+
+/// What a full load keeps for its image: the configuration's head as JSON and the spec of every
+/// distinct policy compiled.
+#[derive(Default)]
+pub struct Recipe {
+    /// `{"gateway": …, "apis": […], "plans": […]}` as the configuration had them.
+    pub head: String,
+    pub specs: Vec<(Rc<dyn Policy>, PolicySpec)>,
+}
+
+/// The environment variables a load read, with what it found (noted from inside the load's
+/// `Env`, which is a `Fn`).
+#[derive(Default)]
+pub struct EnvRecord(RefCell<BTreeMap<String, Option<String>>>);
+
+impl EnvRecord {
+    pub fn note(&self, name: &str, value: &Option<String>) {
+        let mut seen = self.0.borrow_mut();
+        if !seen.contains_key(name) {
+            seen.insert(name.to_string(), value.clone());
+        }
+    }
+}
+
+fn value_digest(value: &Option<String>) -> [u8; 32] {
+    match value {
+        Some(v) => Sha256::digest(format!("={v}").as_bytes()).into(),
+        None => [0; 32],
+    }
+}
+
+/// A 128-bit fingerprint of the configuration's bytes, fed a piece at a time. Not a
+/// cryptographic hash (the configuration is the operator's, not an attacker's), but one with a
+/// guarantee: 32-byte blocks feed four independent lanes a word each (independent, so V8 runs
+/// them side by side), every step is a bijection of its lane for a given word and of the word
+/// for a given lane, and the lanes fold into the result by bijections too, so two
+/// configurations that differ in any one word always get different fingerprints; the length
+/// is folded in as well. In wasm it runs at over 1 GB/s; SHA-256 would take seconds for 200 MB.
+#[derive(Clone)]
+pub struct Fingerprint {
+    lanes: [u64; 4],
+    len: u64,
+    tail: [u8; 32],
+    tail_len: usize,
+}
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint {
+            lanes: [
+                0x243F_6A88_85A3_08D3,
+                0x1319_8A2E_0370_7344,
+                0xA409_3822_299F_31D0,
+                0x082E_FA98_EC4E_6C89,
+            ],
+            len: 0,
+            tail: [0; 32],
+            tail_len: 0,
+        }
+    }
+}
+
+/// A bijection of `x` for a given `w`, and of `w` for a given `x`.
+#[inline]
+fn step(x: u64, w: u64) -> u64 {
+    let m = (x ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    m ^ (m >> 29)
+}
+
+impl Fingerprint {
+    #[inline]
+    fn block(&mut self, b: &[u8]) {
+        for (lane, word) in self.lanes.iter_mut().zip(b.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            *lane = step(*lane, u64::from_le_bytes(w));
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        if self.tail_len > 0 {
+            let take = (32 - self.tail_len).min(data.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&data[..take]);
+            self.tail_len += take;
+            data = &data[take..];
+            if self.tail_len < 32 {
+                return;
+            }
+            let tail = self.tail;
+            self.block(&tail);
+            self.tail_len = 0;
+        }
+        let mut blocks = data.chunks_exact(32);
+        for b in &mut blocks {
+            self.block(b);
+        }
+        let rest = blocks.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.tail_len = rest.len();
+    }
+
+    /// The fingerprint as 32 hex digits.
+    pub fn hex(&self) -> String {
+        let mut f = self.clone();
+        let mut last = [0u8; 32];
+        last[..f.tail_len].copy_from_slice(&f.tail[..f.tail_len]);
+        // The tail's length is in `len`, so zero padding cannot collide with real zeros.
+        f.block(&last);
+        let [a, b, c, d] = f.lanes;
+        let h1 = step(step(step(step(f.len, a), b), c), d);
+        let h2 = step(step(step(step(!f.len, d), c), b), a.rotate_left(32));
+        format!("{h1:016x}{h2:016x}")
+    }
+}
+
+/// Writes the image, handing it over a piece of about `PIECE` bytes at a time (`emit` returns
+/// false to give up). Fails if a chain holds a policy the recipe has no spec for.
+pub fn write(
+    registry: &Registry,
+    recipe: &Recipe,
+    env: &EnvRecord,
+    emit: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<(), String> {
+    let spec_index: std::collections::HashMap<*const (), u32> = recipe
+        .specs
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (Rc::as_ptr(p) as *const (), i as u32))
+        .collect();
+    let mut w = Writer {
+        buf: Vec::with_capacity(PIECE + 4096),
+        emit,
+        failed: false,
+    };
+    w.str(FORMAT);
+    w.str(BUILD);
+    let seen = env.0.borrow();
+    w.u32(seen.len() as u32);
+    for (name, value) in seen.iter() {
+        w.str(name);
+        w.bytes(&value_digest(value));
+    }
+    w.str(&recipe.head);
+    w.u32(recipe.specs.len() as u32);
+    for (_, spec) in &recipe.specs {
+        w.str(&spec.path);
+        w.str(spec.kind.id);
+        w.str(spec.config_field);
+        w.str(&spec.config.to_string());
+    }
+    w.u32(registry.chains.len() as u32);
+    for chain in &registry.chains {
+        w.u32(chain.len() as u32);
+        for p in chain.policies() {
+            let Some(&i) = spec_index.get(&(Rc::as_ptr(p) as *const ())) else {
+                return Err("a chain holds a policy without a spec".into());
+            };
+            w.u32(i);
+        }
+    }
+    w.u32(registry.strings.strings.len() as u32);
+    for s in &registry.strings.strings {
+        w.str(s);
+    }
+    w.str(&registry.client_ids);
+    w.u32(registry.clients.len() as u32);
+    for c in &registry.clients {
+        for v in [
+            c.org,
+            c.version,
+            c.id_start,
+            c.id_len,
+            c.first_contract,
+            c.contract_count,
+            c.source,
+        ] {
+            w.u32(v);
+        }
+        w.piece();
+    }
+    w.u32(registry.contracts.len() as u32);
+    for c in &registry.contracts {
+        w.u32(c.api);
+        w.u32(c.plan);
+        w.u32(c.chain);
+        w.piece();
+    }
+    w.u32(registry.keys.len() as u32);
+    for (id, client) in &registry.keys {
+        w.bytes(id);
+        w.u32(*client);
+        w.piece();
+    }
+    w.str("end");
+    w.flush();
+    if w.failed {
+        return Err("the image could not be stored".into());
+    }
+    Ok(())
+}
+
+struct Writer<'e> {
+    buf: Vec<u8>,
+    emit: &'e mut dyn FnMut(&[u8]) -> bool,
+    failed: bool,
+}
+
+impl Writer<'_> {
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    /// A length-prefixed string; long ones are handed over as they are written.
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        for part in s.as_bytes().chunks(PIECE) {
+            self.bytes(part);
+            self.piece();
+        }
+    }
+
+    /// Hands the buffer over once it holds a piece.
+    fn piece(&mut self) {
+        if self.buf.len() >= PIECE {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() && !self.failed {
+            self.failed = !(self.emit)(&self.buf);
+        }
+        self.buf.clear();
+    }
+}
+
+/// Reads the pieces `next` hands over, one at a time.
+struct Reader<'n> {
+    buf: Vec<u8>,
+    pos: usize,
+    next: &'n mut dyn FnMut() -> Option<Vec<u8>>,
+}
+
+impl Reader<'_> {
+    /// Makes `n` bytes available at `pos`.
+    fn need(&mut self, n: usize) -> Result<(), String> {
+        while self.buf.len() - self.pos < n {
+            let piece = (self.next)().ok_or("the image ends early")?;
+            if piece.is_empty() {
+                return Err("the image ends early".into());
+            }
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            self.buf.extend_from_slice(&piece);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        self.need(n)?;
+        let start = self.pos;
+        self.pos += n;
+        self.buf
+            .get(start..start + n)
+            .ok_or_else(|| "the image ends early".to_string())
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        let mut s = Vec::with_capacity(n.min(PIECE));
+        let mut left = n;
+        while left > 0 {
+            let part = left.min(PIECE);
+            s.extend_from_slice(self.take(part)?);
+            left -= part;
+        }
+        String::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())
+    }
+
+    /// A count of records of `size` bytes each, checked against the image's length so a damaged
+    /// count cannot make the reader reserve gigabytes.
+    fn count(&mut self, limit: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n > limit {
+            return Err(format!("a count of {n} is past the limit of {limit}"));
+        }
+        Ok(n)
+    }
+}
+
+/// At most this many records of any kind (clients, contracts, keys): far above any registry a
+/// wasm32 VM can hold.
+const MAX_RECORDS: usize = 1 << 28;
+
+/// Builds the registry from an image; `Err` says why it cannot be used (the caller then loads
+/// the configuration instead).
+pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Registry, String> {
+    let mut r = Reader {
+        buf: Vec::new(),
+        pos: 0,
+        next,
+    };
+    if r.string()? != FORMAT || r.string()? != BUILD {
+        return Err("written by another build of tollgate".into());
+    }
+    for _ in 0..r.count(MAX_RECORDS)? {
+        let name = r.string()?;
+        let digest = r.take(32)?;
+        if digest != value_digest(&env(&name)) {
+            return Err(format!("environment variable {name} differs"));
+        }
+    }
+    let head = r.string()?;
+    let mut problems = Problems::default();
+    let mut builder = crate::config::load_head(head.as_bytes(), env, &mut problems)
+        .filter(|_| problems.is_ok())
+        .ok_or("its APIs, plans or settings do not load")?;
+    let mut policies: Vec<Rc<dyn Policy>> = Vec::new();
+    for _ in 0..r.count(MAX_RECORDS)? {
+        let path = r.string()?;
+        let kind = kind_by_name(&r.string()?).ok_or("unknown policy kind")?;
+        let config_field = match r.string()?.as_str() {
+            "config" => "config",
+            "policyJsonConfig" => "policyJsonConfig",
+            _ => return Err("unknown configuration field".into()),
+        };
+        let config: Value =
+            serde_json::from_str(&r.string()?).map_err(|e| format!("a policy spec: {e}"))?;
+        let spec = PolicySpec {
+            path,
+            kind,
+            config_field,
+            config,
+        };
+        let policy = builder
+            .compiler
+            .compile(&spec, &mut problems)
+            .ok_or("a policy does not compile")?;
+        policies.push(policy);
+    }
+    let reg = &mut builder.registry;
+    let chains = r.count(MAX_RECORDS)?;
+    reg.chains.reserve_exact(chains);
+    for _ in 0..chains {
+        let n = r.count(policies.len().max(1) * 64)?;
+        let mut chain = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = r.u32()? as usize;
+            chain.push(policies.get(i).ok_or("a chain names no policy")?.clone());
+        }
+        reg.chains.push(Chain::new(chain));
+    }
+    let strings = r.count(MAX_RECORDS)?;
+    reg.strings.strings.clear();
+    reg.strings.index.clear();
+    for _ in 0..strings {
+        let s = r.string()?;
+        reg.strings.lookup(&s);
+    }
+    if reg.strings.strings.len() != strings {
+        return Err("the interned strings repeat".into());
+    }
+    reg.client_ids = r.string()?;
+    let clients = r.count(MAX_RECORDS)?;
+    reg.clients.reserve_exact(clients);
+    for _ in 0..clients {
+        let b = r.take(28)?;
+        let f = |i: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[4 * i..4 * i + 4]);
+            u32::from_le_bytes(a)
+        };
+        reg.clients.push(ClientRecord {
+            org: f(0),
+            version: f(1),
+            id_start: f(2),
+            id_len: f(3),
+            first_contract: f(4),
+            contract_count: f(5),
+            source: f(6),
+        });
+    }
+    let contracts = r.count(MAX_RECORDS)?;
+    reg.contracts.reserve_exact(contracts);
+    for _ in 0..contracts {
+        let b = r.take(12)?;
+        let f = |i: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[4 * i..4 * i + 4]);
+            u32::from_le_bytes(a)
+        };
+        reg.contracts.push(ContractRecord {
+            api: f(0),
+            plan: f(1),
+            chain: f(2),
+        });
+    }
+    let keys = r.count(MAX_RECORDS)?;
+    reg.keys.reserve(keys);
+    for _ in 0..keys {
+        let b = r.take(20)?;
+        let mut id: KeyId = [0; 16];
+        id.copy_from_slice(&b[..16]);
+        let mut c = [0u8; 4];
+        c.copy_from_slice(&b[16..]);
+        reg.keys.insert(id, u32::from_le_bytes(c));
+    }
+    if r.string()? != "end" {
+        return Err("the image does not end where it should".into());
+    }
+    check(reg)?;
+    builder
+        .finish(&mut problems)
+        .ok_or_else(|| "it does not build".into())
+}
+
+/// Every index in the tables points inside them, so lookups never fail on an adopted registry
+/// where they would not on a loaded one.
+fn check(reg: &Registry) -> Result<(), String> {
+    let strings = reg.strings.strings.len();
+    for c in &reg.clients {
+        let first = c.first_contract as usize;
+        let ids_end = c.id_start as usize + c.id_len as usize;
+        if c.org as usize >= strings
+            || c.version as usize >= strings
+            || reg.client_ids.get(c.id_start as usize..ids_end).is_none()
+            || first + c.contract_count as usize > reg.contracts.len()
+        {
+            return Err("a client record points outside the tables".into());
+        }
+    }
+    for c in &reg.contracts {
+        if c.api as usize >= reg.apis.len()
+            || (c.plan != super::NO_PLAN && c.plan as usize >= strings)
+            || c.chain as usize >= reg.chains.len()
+        {
+            return Err("a contract record points outside the tables".into());
+        }
+    }
+    if reg.keys.values().any(|&c| c as usize >= reg.clients.len()) {
+        return Err("a key points to no client".into());
+    }
+    Ok(())
+}
+
+impl Builder<'_> {
+    /// Keeps what an image needs: `head` is the configuration's gateway, APIs and plans.
+    pub fn keep_recipe(&mut self, head: String) {
+        self.recipe_head = Some(head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Bytes;
+    use std::collections::HashMap;
+
+    const KEYS: &[&str] = &["k1", "k2", "k3", "k4", "nobody"];
+
+    /// A registry with every kind of contract: a tollgate plan with client policies, an Apiman
+    /// export's aggregated policies (twice, shared), a hashed key, a public API, settings.
+    fn config() -> String {
+        let hex: String = crate::registry::key_digest("k4")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let hashed = format!("sha256:{hex}");
+        serde_json::json!({
+            "gateway": {"trustedProxies": ["10.0.0.0/8"]},
+            "plans": [{"planId": "gold", "policies": [
+                {"policy": "simple-header", "config": {"addHeaders": [
+                    {"headerName": "X-Plan", "headerValue": "gold", "applyTo": "Request"}]}}]}],
+            "apis": [
+                {"organizationId": "o", "apiId": "a", "version": "1", "endpoint": "http://h:1/",
+                 "apiPolicies": [{"policy": "ip-allowlist", "config": {"ipList": ["0.0.0.0/0"]}}]},
+                {"organizationId": "o", "apiId": "p", "version": "1", "publicAPI": true,
+                 "endpoint": "http://h:2/"}],
+            "clients": [
+                {"organizationId": "o", "clientId": "c1", "version": "1", "apiKey": "k1",
+                 "policies": [{"policy": "ip-blocklist", "config": {"ipList": ["192.0.2.1"]}}],
+                 "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "gold"}]},
+                {"organizationId": "o", "clientId": "c2", "version": "2", "apiKey": "k2",
+                 "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "Gold",
+                   "policies": [{"policyImpl": "class:io.apiman.gateway.engine.policies.IPWhitelistPolicy",
+                                 "policyJsonConfig": "{\"ipList\":[\"10.0.0.0/8\"]}"}]}]},
+                {"organizationId": "o", "clientId": "c3", "version": "1", "apiKey": "k3",
+                 "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "Gold",
+                   "policies": [{"policyImpl": "class:io.apiman.gateway.engine.policies.IPWhitelistPolicy",
+                                 "policyJsonConfig": "{\"ipList\":[\"10.0.0.0/8\"]}"}]},
+                   {"apiOrgId": "o", "apiId": "p", "apiVersion": "1", "plan": "gold"}]},
+                {"organizationId": "o", "clientId": "c4", "version": "1", "apiKeyHash": hashed,
+                 "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "gold"}]}]
+        })
+        .to_string()
+    }
+
+    fn load(text: &str, env: Env) -> Registry {
+        crate::load_document(&Bytes(text.as_bytes()), env)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .registry
+    }
+
+    /// The image in pieces as the writer hands them over.
+    fn image_of(registry: &mut Registry, env: &EnvRecord) -> Vec<Vec<u8>> {
+        let recipe = registry.take_recipe().expect("a recipe");
+        let mut pieces = Vec::new();
+        write(registry, &recipe, env, &mut |p| {
+            pieces.push(p.to_vec());
+            true
+        })
+        .unwrap();
+        pieces
+    }
+
+    fn read_pieces(pieces: Vec<Vec<u8>>, env: Env) -> Result<Registry, String> {
+        let mut it = pieces.into_iter();
+        read(env, &mut || it.next())
+    }
+
+    /// Everything a request can see of a registry, with policies named by kind and numbered in
+    /// order of first appearance (so which chains share a policy shows too).
+    fn describe(r: &Registry) -> String {
+        let mut ids: HashMap<*const (), usize> = HashMap::new();
+        let mut name = |p: &Rc<dyn Policy>| {
+            let n = ids.len();
+            let n = *ids.entry(Rc::as_ptr(p) as *const ()).or_insert(n);
+            format!("{}#{n}", p.id())
+        };
+        let mut out = format!("{:?}\n", r.settings.trusted_proxies);
+        for a in r.apis() {
+            let chain: Vec<String> = a.chain.policies().iter().map(&mut name).collect();
+            out += &format!("api {} public={} {chain:?}\n", a.api.api_id, a.api.public);
+        }
+        for key in KEYS {
+            let Some((i, c)) = r.client_by_key(key) else {
+                out += &format!("{key}: none\n");
+                continue;
+            };
+            out += &format!("{key}: {i} {:?}\n", c.identity);
+            for api in 0..r.apis().len() {
+                if let Some(k) = c.contract(api) {
+                    let chain: Vec<String> = k.chain.policies().iter().map(&mut name).collect();
+                    out += &format!("  api {api} plan {:?} {chain:?}\n", k.plan);
+                }
+            }
+        }
+        out + &format!("chains {} clients {}", r.chain_count(), r.client_count())
+    }
+
+    #[test]
+    fn an_adopted_image_answers_like_the_loaded_registry() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let pieces = image_of(&mut loaded, &EnvRecord::default());
+        let adopted = read_pieces(pieces, &crate::config::no_env).unwrap();
+        assert!(describe(&loaded).contains("k4: 3"), "{}", describe(&loaded));
+        assert_eq!(describe(&adopted), describe(&loaded));
+    }
+
+    #[test]
+    fn an_image_reads_the_same_whatever_its_pieces() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let whole = image_of(&mut loaded, &EnvRecord::default()).concat();
+        for size in [1, 7, 64] {
+            let pieces = whole.chunks(size).map(<[u8]>::to_vec).collect();
+            let adopted = read_pieces(pieces, &crate::config::no_env).unwrap();
+            assert_eq!(describe(&adopted), describe(&loaded), "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn an_image_is_refused_where_an_environment_variable_differs() {
+        // Apiman substitutes `${...}` in a policyJsonConfig.
+        let text = config().replace(r#"\"10.0.0.0/8\"]}"#, r#"\"${NET}\"]}"#);
+        assert!(text.contains("${NET}"));
+        let env = |name: &str| (name == "NET").then(|| "10.0.0.0/8".to_string());
+        let seen = EnvRecord::default();
+        let recording = |name: &str| {
+            let v = env(name);
+            seen.note(name, &v);
+            v
+        };
+        let mut loaded = load(&text, &recording);
+        let pieces = image_of(&mut loaded, &seen);
+        assert!(read_pieces(pieces.clone(), &env).is_ok());
+        let other = |name: &str| (name == "NET").then(|| "10.0.0.0/16".to_string());
+        let refused = read_pieces(pieces, &other).err().unwrap();
+        assert_eq!(refused, "environment variable NET differs");
+    }
+
+    #[test]
+    fn a_damaged_image_is_refused_not_trusted() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let whole = image_of(&mut loaded, &EnvRecord::default()).concat();
+        for cut in 0..whole.len() {
+            let short = whole[..cut].to_vec();
+            assert!(
+                read_pieces(vec![short], &crate::config::no_env).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Flipped bytes may still read (a flipped letter in a client id), but never panic.
+        for at in 0..whole.len() {
+            let mut bad = whole.clone();
+            bad[at] ^= 0x5a;
+            let _ = read_pieces(vec![bad], &crate::config::no_env);
+        }
+    }
+
+    #[test]
+    fn an_image_from_a_registry_without_its_recipe_cannot_be_written() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let recipe = Recipe {
+            head: String::new(),
+            specs: Vec::new(),
+        };
+        let _ = loaded.take_recipe();
+        let refused = write(&loaded, &recipe, &EnvRecord::default(), &mut |_| true);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_how_the_bytes_are_cut() {
+        let text = config();
+        let mut whole = Fingerprint::default();
+        whole.update(text.as_bytes());
+        for size in [1, 3, 8, 13, 4096] {
+            let mut f = Fingerprint::default();
+            for piece in text.as_bytes().chunks(size) {
+                f.update(piece);
+            }
+            assert_eq!(f.hex(), whole.hex(), "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_tells_any_one_changed_byte_apart() {
+        let text = config().into_bytes();
+        let of = |b: &[u8]| {
+            let mut f = Fingerprint::default();
+            f.update(b);
+            f.hex()
+        };
+        let original = of(&text);
+        for at in 0..text.len() {
+            let mut other = text.clone();
+            other[at] ^= 1;
+            assert_ne!(of(&other), original, "byte {at}");
+        }
+        let mut longer = text.clone();
+        longer.push(0);
+        assert_ne!(of(&longer), original);
+        assert_ne!(of(&text[..text.len() - 1]), original);
+    }
+}
