@@ -602,17 +602,31 @@ mod image {
         env: &EnvRecord,
     ) -> Result<usize, String> {
         let (mut count, mut bytes) = (0usize, 0usize);
-        image::write(registry, recipe, env, &mut |piece| {
+        let written = image::write(registry, recipe, env, &mut |piece| {
             let stored = abi::set_shared(&format!("{key}.{count}"), piece, 0) == abi::OK;
             count += 1;
             bytes += piece.len();
             stored
-        })?;
-        if abi::set_shared(key, count.to_string().as_bytes(), 0) != abi::OK {
-            return Err("shared data refused it".into());
+        })
+        .and_then(|()| {
+            (abi::set_shared(key, count.to_string().as_bytes(), 0) == abi::OK)
+                .then_some(())
+                .ok_or_else(|| "shared data refused it".to_string())
+        });
+        if let Err(why) = written {
+            // No VM adopts an image without its count; the pieces would only hold memory.
+            empty(key, count);
+            return Err(why);
         }
         list(key);
         Ok(bytes)
+    }
+
+    fn empty(key: &str, count: usize) {
+        let _ = abi::set_shared(key, b"", 0);
+        for i in 0..count {
+            let _ = abi::set_shared(&format!("{key}.{i}"), b"", 0);
+        }
     }
 
     /// Adds `key` to the index and empties the images past the newest `KEEP`.
@@ -631,11 +645,7 @@ mod image {
                 continue; // another VM listed one meanwhile: read the index again
             }
             for old in &keys[..drop] {
-                let count = pieces_of(old).unwrap_or(0);
-                let _ = abi::set_shared(old, b"", 0);
-                for i in 0..count {
-                    let _ = abi::set_shared(&format!("{old}.{i}"), b"", 0);
-                }
+                empty(old, pieces_of(old).unwrap_or(0));
             }
             return;
         }
