@@ -134,20 +134,126 @@ impl Interner {
 /// The first 128 bits of a key's SHA-256: the key index's key.
 type KeyId = [u8; 16];
 
-/// Hashes a `KeyId` by taking its first 8 bytes: they are already uniformly distributed (a
-/// digest), so hashing them again would only cost time.
+/// Key id → client index: one flat open-addressing table (linear probing, a power of two of
+/// 20-byte slots, at most 7/8 full). A slot is the key id and the client index (little-endian),
+/// `EMPTY` for none. Key ids are digests, so their first 8 bytes place them uniformly without
+/// hashing again; requests cannot add keys. A registry image lists the keys in slot order, so
+/// a VM adopting one fills its table of the same size front to back.
 #[derive(Default)]
-pub struct PrefixHasher(u64);
+pub struct KeyTable {
+    slots: Vec<u8>,
+    len: usize,
+}
 
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
+const SLOT: usize = 20;
+const EMPTY: u32 = u32::MAX;
+
+impl KeyTable {
+    fn capacity(&self) -> usize {
+        self.slots.len() / SLOT
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 |= u64::from(*b) << (8 * i);
+    /// The number of slots for `n` keys.
+    fn slots_for(n: usize) -> usize {
+        (n.saturating_mul(8) / 7 + 1).next_power_of_two().max(8)
+    }
+
+    fn with_slots(slots: usize) -> KeyTable {
+        let mut bytes = vec![0u8; slots * SLOT];
+        for slot in bytes.chunks_exact_mut(SLOT) {
+            slot[16..].copy_from_slice(&EMPTY.to_le_bytes());
         }
+        KeyTable {
+            slots: bytes,
+            len: 0,
+        }
+    }
+
+    fn client_at(slot: &[u8]) -> u32 {
+        let mut c = [0u8; 4];
+        c.copy_from_slice(&slot[16..SLOT]);
+        u32::from_le_bytes(c)
+    }
+
+    /// The slot `id` is in, or the empty slot where it would go; `None` if the table is full
+    /// (only a damaged image could make it so).
+    fn find(&self, id: &KeyId) -> Option<usize> {
+        let cap = self.capacity();
+        if cap == 0 {
+            return None;
+        }
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&id[..8]);
+        let mut i = u64::from_le_bytes(start) as usize & (cap - 1);
+        for _ in 0..cap {
+            let slot = &self.slots[i * SLOT..(i + 1) * SLOT];
+            if Self::client_at(slot) == EMPTY || slot[..16] == id[..] {
+                return Some(i);
+            }
+            i = (i + 1) & (cap - 1);
+        }
+        None
+    }
+
+    pub fn get(&self, id: &KeyId) -> Option<u32> {
+        let i = self.find(id)?;
+        let slot = self.slots.get(i * SLOT..(i + 1) * SLOT)?;
+        let client = Self::client_at(slot);
+        (client != EMPTY).then_some(client)
+    }
+
+    /// Makes room for `n` more keys at once.
+    pub fn reserve(&mut self, n: usize) {
+        let want = Self::slots_for(self.len + n);
+        if want > self.capacity() {
+            let old = std::mem::replace(self, KeyTable::with_slots(want));
+            for slot in old.slots.chunks_exact(SLOT) {
+                let client = Self::client_at(slot);
+                if client != EMPTY {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&slot[..16]);
+                    let _ = self.insert(id, client);
+                }
+            }
+        }
+    }
+
+    /// Adds `id` for `client`; `Err` with the client that already has it.
+    pub fn insert(&mut self, id: KeyId, client: u32) -> Result<(), u32> {
+        if Self::slots_for(self.len + 1) > self.capacity() {
+            self.reserve(self.len.max(8));
+        }
+        let i = self.find(&id).ok_or(EMPTY)?;
+        let slot = &mut self.slots[i * SLOT..(i + 1) * SLOT];
+        let existing = Self::client_at(slot);
+        if existing != EMPTY {
+            return Err(existing);
+        }
+        slot[..16].copy_from_slice(&id);
+        slot[16..].copy_from_slice(&client.to_le_bytes());
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The client indexes of the keys held.
+    fn clients(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries().map(|(_, c)| c)
+    }
+
+    /// The keys held and their clients, in slot order.
+    fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        self.slots
+            .chunks_exact(SLOT)
+            .map(|slot| (&slot[..16], Self::client_at(slot)))
+            .filter(|&(_, c)| c != EMPTY)
     }
 }
 
@@ -165,7 +271,7 @@ pub struct Registry {
     chains: Vec<Chain>,
     /// Key id → client index. Keys are compared by digest only, so a configuration may hold
     /// digests instead of keys, and no key is kept in clear in memory.
-    keys: HashMap<KeyId, u32, BuildHasherDefault<PrefixHasher>>,
+    keys: KeyTable,
     /// Services policies call, for tollgate-gen to create clusters for.
     call_targets: Vec<CallTarget>,
     /// Distinct policies with periodic work.
@@ -221,7 +327,7 @@ impl Registry {
 
     /// The client (and its index) owning `key`.
     pub fn client_by_key(&self, key: &str) -> Option<(usize, Client<'_>)> {
-        let index = *self.keys.get(&key_id(&key_digest(key)))? as usize;
+        let index = self.keys.get(&key_id(&key_digest(key)))? as usize;
         self.client_at(index).map(|c| (index, c))
     }
 
@@ -689,17 +795,12 @@ impl<'a> Builder<'a> {
         };
         r.clients.push(record);
         if let Some(digest) = digest {
-            match r.keys.entry(key_id(&digest)) {
-                std::collections::hash_map::Entry::Occupied(first) => {
-                    let owner = r.clients.get(*first.get() as usize).map_or(0, |c| c.source);
-                    problems.error(
-                        &key_path.text(),
-                        format!("duplicate API key (also used by clients[{owner}])"),
-                    );
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(index);
-                }
+            if let Err(first) = r.keys.insert(key_id(&digest), index) {
+                let owner = r.clients.get(first as usize).map_or(0, |c| c.source);
+                problems.error(
+                    &key_path.text(),
+                    format!("duplicate API key (also used by clients[{owner}])"),
+                );
             }
         }
     }
@@ -845,6 +946,42 @@ mod tests {
 
     fn contract(api: &str) -> Value {
         json!({"apiOrgId": "Org", "apiId": api, "apiVersion": "1.0", "plan": "Gold", "policies": []})
+    }
+
+    fn id(n: u32) -> KeyId {
+        key_id(&key_digest(&format!("key-{n}")))
+    }
+
+    #[test]
+    fn a_key_table_finds_every_key_it_holds_and_no_other() {
+        let mut t = KeyTable::default();
+        t.reserve(1000);
+        for n in 0..5000 {
+            t.insert(id(n), n).unwrap();
+        }
+        assert_eq!(t.len(), 5000);
+        for n in 0..5000 {
+            assert_eq!(t.get(&id(n)), Some(n));
+        }
+        for n in 5000..10000 {
+            assert_eq!(t.get(&id(n)), None);
+        }
+        // At most 7/8 full, as it grew past its reservation.
+        assert!(t.capacity() * 7 >= 5000 * 8, "{}", t.capacity());
+    }
+
+    #[test]
+    fn a_key_table_refuses_a_second_client_for_a_key() {
+        let mut t = KeyTable::default();
+        t.insert(id(1), 7).unwrap();
+        assert_eq!(t.insert(id(1), 9), Err(7));
+        assert_eq!(t.get(&id(1)), Some(7));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_key_table_finds_nothing() {
+        assert_eq!(KeyTable::default().get(&id(1)), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Builder, ClientRecord, ContractRecord, KeyId, Registry};
+use super::{Builder, ClientRecord, ContractRecord, KeyTable, Registry};
 use crate::chain::Chain;
 use crate::config::{Env, PolicySpec};
 use crate::json::Problems;
@@ -226,10 +226,12 @@ pub fn write(
         w.u32(c.chain);
         w.piece();
     }
+    // The keys in the table's slot order, so the adopting VM fills its table front to back.
     w.u32(registry.keys.len() as u32);
-    for (id, client) in &registry.keys {
+    w.u32(registry.keys.capacity() as u32);
+    for (id, client) in registry.keys.entries() {
         w.bytes(id);
-        w.u32(*client);
+        w.u32(client);
         w.piece();
     }
     w.str("end");
@@ -294,9 +296,13 @@ impl Reader<'_> {
             if piece.is_empty() {
                 return Err("the image ends early".into());
             }
-            self.buf.drain(..self.pos);
+            if self.pos == self.buf.len() {
+                self.buf = piece; // nothing left over: take the piece as it is, no copy
+            } else {
+                self.buf.drain(..self.pos);
+                self.buf.extend_from_slice(&piece);
+            }
             self.pos = 0;
-            self.buf.extend_from_slice(&piece);
         }
         Ok(())
     }
@@ -329,6 +335,27 @@ impl Reader<'_> {
         String::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())
     }
 
+    /// Hands `n` records of `size` bytes each to `f`, a piece's worth at a time.
+    fn records(&mut self, n: usize, size: usize, mut f: impl FnMut(&[u8])) -> Result<(), String> {
+        let mut left = n;
+        while left > 0 {
+            self.need(size)?;
+            let here = ((self.buf.len() - self.pos) / size).min(left);
+            let end = self.pos + here * size;
+            for record in self
+                .buf
+                .get(self.pos..end)
+                .unwrap_or_default()
+                .chunks_exact(size)
+            {
+                f(record);
+            }
+            self.pos = end;
+            left -= here;
+        }
+        Ok(())
+    }
+
     /// A count of records of `size` bytes each, checked against the image's length so a damaged
     /// count cannot make the reader reserve gigabytes.
     fn count(&mut self, limit: usize) -> Result<usize, String> {
@@ -340,9 +367,23 @@ impl Reader<'_> {
     }
 }
 
+/// The `i`th little-endian u32 of a record.
+fn u32_at(record: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&record[4 * i..4 * i + 4]);
+    u32::from_le_bytes(a)
+}
+
 /// At most this many records of any kind (clients, contracts, keys): far above any registry a
 /// wasm32 VM can hold.
 const MAX_RECORDS: usize = 1 << 28;
+
+/// How much room to make up front for `n` records that a count in the image announces: the
+/// count is not trusted to allocate more than a few million (a damaged one must not make the
+/// VM reserve gigabytes and abort); past that the tables grow as records actually arrive.
+fn room(n: usize) -> usize {
+    n.min(1 << 22)
+}
 
 /// Builds the registry from an image; `Err` says why it cannot be used (the caller then loads
 /// the configuration instead).
@@ -392,7 +433,7 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     }
     let reg = &mut builder.registry;
     let chains = r.count(MAX_RECORDS)?;
-    reg.chains.reserve_exact(chains);
+    reg.chains.reserve_exact(room(chains));
     for _ in 0..chains {
         let n = r.count(policies.len().max(1) * 64)?;
         let mut chain = Vec::with_capacity(n);
@@ -414,14 +455,9 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     }
     reg.client_ids = r.string()?;
     let clients = r.count(MAX_RECORDS)?;
-    reg.clients.reserve_exact(clients);
-    for _ in 0..clients {
-        let b = r.take(28)?;
-        let f = |i: usize| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&b[4 * i..4 * i + 4]);
-            u32::from_le_bytes(a)
-        };
+    reg.clients.reserve_exact(room(clients));
+    r.records(clients, 28, |b| {
+        let f = |i: usize| u32_at(b, i);
         reg.clients.push(ClientRecord {
             org: f(0),
             version: f(1),
@@ -431,32 +467,34 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
             contract_count: f(5),
             source: f(6),
         });
-    }
+    })?;
     let contracts = r.count(MAX_RECORDS)?;
-    reg.contracts.reserve_exact(contracts);
-    for _ in 0..contracts {
-        let b = r.take(12)?;
-        let f = |i: usize| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&b[4 * i..4 * i + 4]);
-            u32::from_le_bytes(a)
-        };
+    reg.contracts.reserve_exact(room(contracts));
+    r.records(contracts, 12, |b| {
         reg.contracts.push(ContractRecord {
-            api: f(0),
-            plan: f(1),
-            chain: f(2),
+            api: u32_at(b, 0),
+            plan: u32_at(b, 1),
+            chain: u32_at(b, 2),
         });
-    }
+    })?;
     let keys = r.count(MAX_RECORDS)?;
-    reg.keys.reserve(keys);
-    for _ in 0..keys {
-        let b = r.take(20)?;
-        let mut id: KeyId = [0; 16];
-        id.copy_from_slice(&b[..16]);
-        let mut c = [0u8; 4];
-        c.copy_from_slice(&b[16..]);
-        reg.keys.insert(id, u32::from_le_bytes(c));
+    let slots = r.count(MAX_RECORDS)?;
+    // As large as a load makes it: room for every key (or client, as reserved), at most doubled.
+    let most = 2 * KeyTable::slots_for(keys.max(reg.clients.len()));
+    if !slots.is_power_of_two() || slots < KeyTable::slots_for(keys) || slots > most {
+        return Err("the key table's size does not fit its keys".into());
     }
+    let mut table = KeyTable::with_slots(slots);
+    let mut repeated = false;
+    r.records(keys, 20, |b| {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        repeated |= table.insert(id, u32_at(b, 4)).is_err();
+    })?;
+    if repeated {
+        return Err("a key repeats".into());
+    }
+    reg.keys = table;
     if r.string()? != "end" {
         return Err("the image does not end where it should".into());
     }
@@ -489,7 +527,7 @@ fn check(reg: &Registry) -> Result<(), String> {
             return Err("a contract record points outside the tables".into());
         }
     }
-    if reg.keys.values().any(|&c| c as usize >= reg.clients.len()) {
+    if reg.keys.clients().any(|c| c as usize >= reg.clients.len()) {
         return Err("a key points to no client".into());
     }
     Ok(())
