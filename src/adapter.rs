@@ -538,15 +538,20 @@ impl RootContext for Root {
 
 /// Registry images in Envoy's shared data (the format is `tollgate_core::registry::image`'s).
 ///
-/// An image of a configuration lives under `tollgate.registry-image.<size>.<fingerprint>`: its
-/// pieces under that name plus `.0`, `.1`, …, and, written last, the name itself holding the
-/// number of pieces, so a VM never adopts a half-written image. `tollgate.registry-images`
-/// lists the images newest last; only the newest `KEEP` are kept (the older ones' values are
-/// emptied: shared data has no delete), so live updates do not pile up images in Envoy's memory.
+/// An image of a configuration lives under `tollgate.registry-image.<size>.<fingerprint>-<build>`:
+/// its pieces under that name plus `.0`, `.1`, …, and, written last, the name itself holding
+/// the number of pieces and the fingerprint of the image's bytes. A VM adopts an image only if
+/// the pieces it read have that fingerprint, so an image half-written, or rewritten by another
+/// VM while it was read (one whose environment differs writes its own under the same name), is
+/// never adopted. `tollgate.registry-images` lists the images newest last; only the newest
+/// `KEEP` are kept (the older ones' values are emptied: shared data has no delete), so live
+/// updates do not pile up images in Envoy's memory. An emptied image only costs a VM that
+/// would have adopted it a full load.
 mod image {
     use super::abi;
     use proxy_wasm::types::BufferType;
     use tollgate_core::config::Env;
+    use tollgate_core::host::{CAS_RETRIES, CREATE_CAS};
     use tollgate_core::registry::image::{self, EnvRecord, Fingerprint, Recipe};
     use tollgate_core::registry::Registry;
 
@@ -572,26 +577,41 @@ mod image {
             f.update(&piece);
             offset += piece.len();
         }
-        Some(format!("tollgate.registry-image.{size}.{}", f.hex()))
+        Some(format!(
+            "tollgate.registry-image.{size}.{}-{}",
+            f.hex(),
+            image::BUILD
+        ))
     }
 
-    fn pieces_of(key: &str) -> Option<usize> {
-        let (count, _) = abi::get_shared(key)?;
-        std::str::from_utf8(&count).ok()?.parse().ok()
+    /// The image's manifest: its number of pieces and the fingerprint of their bytes.
+    fn manifest(key: &str) -> Option<(usize, String)> {
+        let (value, _) = abi::get_shared(key)?;
+        let text = std::str::from_utf8(&value).ok()?;
+        let (count, fingerprint) = text.split_once(' ')?;
+        Some((count.parse().ok()?, fingerprint.to_string()))
     }
 
     /// The registry from this configuration's image; `None` when there is none yet.
     pub fn adopt(key: &str, env: Env) -> Option<Result<Registry, String>> {
-        let count = pieces_of(key)?;
+        let (count, expected) = manifest(key)?;
         let mut i = 0;
+        let mut read = Fingerprint::default();
         let mut next = || {
             if i >= count {
                 return None;
             }
             i += 1;
-            abi::get_shared(&format!("{key}.{}", i - 1)).map(|(piece, _)| piece)
+            let (piece, _) = abi::get_shared(&format!("{key}.{}", i - 1))?;
+            read.update(&piece);
+            Some(piece)
         };
-        Some(image::read(env, &mut next))
+        let registry = image::read(env, &mut next);
+        Some(registry.and_then(|r| {
+            (i == count && read.hex() == expected)
+                .then_some(r)
+                .ok_or_else(|| "its pieces changed while they were read".to_string())
+        }))
     }
 
     /// Writes the image and lists it; the number of bytes written.
@@ -602,14 +622,17 @@ mod image {
         env: &EnvRecord,
     ) -> Result<usize, String> {
         let (mut count, mut bytes) = (0usize, 0usize);
+        let mut fingerprint = Fingerprint::default();
         let written = image::write(registry, recipe, env, &mut |piece| {
             let stored = abi::set_shared(&format!("{key}.{count}"), piece, 0) == abi::OK;
+            fingerprint.update(piece);
             count += 1;
             bytes += piece.len();
             stored
         })
         .and_then(|()| {
-            (abi::set_shared(key, count.to_string().as_bytes(), 0) == abi::OK)
+            let manifest = format!("{count} {}", fingerprint.hex());
+            (abi::set_shared(key, manifest.as_bytes(), 0) == abi::OK)
                 .then_some(())
                 .ok_or_else(|| "shared data refused it".to_string())
         });
@@ -631,8 +654,10 @@ mod image {
 
     /// Adds `key` to the index and empties the images past the newest `KEEP`.
     fn list(key: &str) {
-        for _ in 0..4 {
-            let (index, cas) = abi::get_shared(INDEX).unwrap_or_default();
+        for _ in 0..CAS_RETRIES {
+            // No index yet: create it only if no other VM does meanwhile (a CAS of 0 would
+            // overwrite theirs, and the image it listed would never be emptied).
+            let (index, cas) = abi::get_shared(INDEX).unwrap_or((Vec::new(), CREATE_CAS));
             let mut keys: Vec<&str> = std::str::from_utf8(&index)
                 .unwrap_or_default()
                 .lines()
@@ -645,10 +670,11 @@ mod image {
                 continue; // another VM listed one meanwhile: read the index again
             }
             for old in &keys[..drop] {
-                empty(old, pieces_of(old).unwrap_or(0));
+                empty(old, manifest(old).map_or(0, |(count, _)| count));
             }
             return;
         }
+        log::warn!("registry image {key} not listed: other VMs kept writing the index");
     }
 }
 

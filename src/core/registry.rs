@@ -206,22 +206,26 @@ impl KeyTable {
     pub fn reserve(&mut self, n: usize) {
         let want = Self::slots_for(self.len + n);
         if want > self.capacity() {
-            let old = std::mem::replace(self, KeyTable::with_slots(want));
-            for slot in old.slots.chunks_exact(SLOT) {
-                let client = Self::client_at(slot);
-                if client != EMPTY {
-                    let mut id = [0u8; 16];
-                    id.copy_from_slice(&slot[..16]);
-                    let _ = self.insert(id, client);
-                }
-            }
+            self.rehash(want);
+        }
+    }
+
+    /// Moves the keys into a table of `slots` slots (more than they need).
+    fn rehash(&mut self, slots: usize) {
+        let old = std::mem::replace(self, KeyTable::with_slots(slots));
+        for (id, client) in old.entries() {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(id);
+            let _ = self.insert(key, client);
         }
     }
 
     /// Adds `id` for `client`; `Err` with the client that already has it.
     pub fn insert(&mut self, id: KeyId, client: u32) -> Result<(), u32> {
         if Self::slots_for(self.len + 1) > self.capacity() {
-            self.reserve(self.len.max(8));
+            // Doubling keeps the table at most 7/8 full (and never more than twice the room
+            // its keys need, which is what an image's reader accepts).
+            self.rehash((self.capacity() * 2).max(8));
         }
         let i = self.find(&id).ok_or(EMPTY)?;
         let slot = &mut self.slots[i * SLOT..(i + 1) * SLOT];
@@ -966,8 +970,13 @@ mod tests {
         for n in 5000..10000 {
             assert_eq!(t.get(&id(n)), None);
         }
-        // At most 7/8 full, as it grew past its reservation.
+        // At most 7/8 full, as it grew past its reservation, and no larger than twice that.
         assert!(t.capacity() * 7 >= 5000 * 8, "{}", t.capacity());
+        assert!(
+            t.capacity() <= 2 * KeyTable::slots_for(5000),
+            "{}",
+            t.capacity()
+        );
     }
 
     #[test]

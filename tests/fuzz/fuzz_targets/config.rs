@@ -322,12 +322,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The registry's image, as the other VMs adopt it, answers exactly as the loaded registry.
-    let recipe = streamed.registry.take_recipe().expect("a document load keeps its recipe");
+    let recipe = streamed
+        .registry
+        .take_recipe()
+        .expect("a document load keeps its recipe");
     let mut image = Vec::new();
-    image::write(&streamed.registry, &recipe, &image::EnvRecord::default(), &mut |p| {
-        image.push(p.to_vec());
-        true
-    })
+    image::write(
+        &streamed.registry,
+        &recipe,
+        &image::EnvRecord::default(),
+        &mut |p| {
+            image.push(p.to_vec());
+            true
+        },
+    )
     .expect("a loaded registry writes its image");
     let mut pieces = image.into_iter();
     let adopted = image::read(&env, &mut || pieces.next()).expect("an image reads back");

@@ -213,6 +213,42 @@ fn a_large_registry_is_compiled_once_and_adopted_by_the_other_vms() {
 }
 
 #[test]
+fn an_image_whose_pieces_changed_is_not_adopted() {
+    // As if another VM rewrote the image while this one read it: a byte of the last piece
+    // (the keys) differs from what the manifest's fingerprint covers.
+    let config = large_registry("one");
+    let host = Host::new(HostSettings::default());
+    host.start_vm(config.as_bytes()).unwrap();
+    let keys = host.shared().keys();
+    let last = keys
+        .iter()
+        .filter(|k| k.starts_with("tollgate.registry-image.") && k.matches('.').count() == 4)
+        .max_by_key(|k| k.rsplit('.').next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap();
+    let (mut piece, _) = host.shared().get(last).unwrap();
+    let middle = piece.len() / 2;
+    piece[middle] ^= 0x01;
+    host.shared().set(last, &piece, 0);
+    let vm = host.start_vm(config.as_bytes()).unwrap();
+    let lines = load_lines(&vm);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "registry image not used: its pieces changed while they were read"),
+        "{lines:?}"
+    );
+    for n in [0, 3999, 7999] {
+        let r = vm
+            .run(
+                StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", &format!("key-one-{n:06}")),
+                |_| ok(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "key {n}: {r:?}");
+    }
+}
+
+#[test]
 fn registry_images_of_replaced_configurations_are_emptied() {
     let host = Host::new(HostSettings::default());
     for tag in ["one", "two", "three"] {
