@@ -444,6 +444,25 @@ impl RootContext for Root {
                 .zip(started)
                 .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000)
         };
+        if let Some(delivered) = image::delivered(size, &env) {
+            return match delivered {
+                Ok(registry) => {
+                    log::info!(
+                        "loaded {} APIs and {} clients in {} ms (a registry image compiled by tollgate-gen)",
+                        registry.apis().len(),
+                        registry.client_count(),
+                        took()
+                    );
+                    self.set_tick_period(TICK);
+                    self.registry = Some(Rc::new(registry));
+                    true
+                }
+                Err(why) => {
+                    log::error!("configuration refused: the registry image does not read: {why}");
+                    false
+                }
+            };
+        }
         // A large registry is loaded once per configuration, not once per VM: the first VM
         // writes its image to shared data and the others adopt it (see registry::image).
         let image = (size >= image::MIN_CONFIG_SIZE)
@@ -540,10 +559,9 @@ impl RootContext for Root {
 ///
 /// An image of a configuration lives under `tollgate.registry-image.<size>.<fingerprint>-<build>`:
 /// its pieces under that name plus `.0`, `.1`, …, and, written last, the name itself holding
-/// the number of pieces and the fingerprint of the image's bytes. A VM adopts an image only if
-/// the pieces it read have that fingerprint, so an image half-written, or rewritten by another
-/// VM while it was read (one whose environment differs writes its own under the same name), is
-/// never adopted. `tollgate.registry-images` lists the images newest last; only the newest
+/// the number of pieces. An image ends with the fingerprint of its bytes, so an image
+/// half-written, or rewritten by another VM while it was read (one whose environment differs
+/// writes its own under the same name), is never adopted. `tollgate.registry-images` lists the images newest last; only the newest
 /// `KEEP` are kept (the older ones' values are emptied: shared data has no delete), so live
 /// updates do not pile up images in Envoy's memory. An emptied image only costs a VM that
 /// would have adopted it a full load.
@@ -584,34 +602,44 @@ mod image {
         ))
     }
 
-    /// The image's manifest: its number of pieces and the fingerprint of their bytes.
-    fn manifest(key: &str) -> Option<(usize, String)> {
+    /// The image's manifest: its number of pieces.
+    fn manifest(key: &str) -> Option<usize> {
         let (value, _) = abi::get_shared(key)?;
-        let text = std::str::from_utf8(&value).ok()?;
-        let (count, fingerprint) = text.split_once(' ')?;
-        Some((count.parse().ok()?, fingerprint.to_string()))
+        std::str::from_utf8(&value).ok()?.parse().ok()
     }
 
-    /// The registry from this configuration's image; `None` when there is none yet.
+    /// The registry from this configuration's image; `None` when there is none yet. The image
+    /// ends with the fingerprint of its bytes, so pieces of two writes are never adopted.
     pub fn adopt(key: &str, env: Env) -> Option<Result<Registry, String>> {
-        let (count, expected) = manifest(key)?;
+        let count = manifest(key)?;
         let mut i = 0;
-        let mut read = Fingerprint::default();
         let mut next = || {
             if i >= count {
                 return None;
             }
             i += 1;
-            let (piece, _) = abi::get_shared(&format!("{key}.{}", i - 1))?;
-            read.update(&piece);
+            abi::get_shared(&format!("{key}.{}", i - 1)).map(|(piece, _)| piece)
+        };
+        Some(image::read(env, &mut next))
+    }
+
+    /// The registry when the configuration is an image compiled by `tollgate-gen
+    /// --registry-image` rather than JSON; `None` when it is JSON.
+    pub fn delivered(size: usize, env: Env) -> Option<Result<Registry, String>> {
+        let config = BufferType::PluginConfiguration as u32;
+        let start = abi::get_buffer(config, 0, image::IMAGE_MARK.min(size)).ok()?;
+        if !image::is_image(&start) {
+            return None;
+        }
+        let mut offset = 0;
+        let mut next = || {
+            let piece = abi::get_buffer(config, offset, image::PIECE.min(size - offset.min(size)))
+                .ok()
+                .filter(|p| !p.is_empty())?;
+            offset += piece.len();
             Some(piece)
         };
-        let registry = image::read(env, &mut next);
-        Some(registry.and_then(|r| {
-            (i == count && read.hex() == expected)
-                .then_some(r)
-                .ok_or_else(|| "its pieces changed while they were read".to_string())
-        }))
+        Some(image::read(env, &mut next))
     }
 
     /// Writes the image and lists it; the number of bytes written.
@@ -622,17 +650,14 @@ mod image {
         env: &EnvRecord,
     ) -> Result<usize, String> {
         let (mut count, mut bytes) = (0usize, 0usize);
-        let mut fingerprint = Fingerprint::default();
         let written = image::write(registry, recipe, env, &mut |piece| {
             let stored = abi::set_shared(&format!("{key}.{count}"), piece, 0) == abi::OK;
-            fingerprint.update(piece);
             count += 1;
             bytes += piece.len();
             stored
         })
         .and_then(|()| {
-            let manifest = format!("{count} {}", fingerprint.hex());
-            (abi::set_shared(key, manifest.as_bytes(), 0) == abi::OK)
+            (abi::set_shared(key, count.to_string().as_bytes(), 0) == abi::OK)
                 .then_some(())
                 .ok_or_else(|| "shared data refused it".to_string())
         });
@@ -670,7 +695,7 @@ mod image {
                 continue; // another VM listed one meanwhile: read the index again
             }
             for old in &keys[..drop] {
-                empty(old, manifest(old).map_or(0, |(count, _)| count));
+                empty(old, manifest(old).unwrap_or(0));
             }
             return;
         }

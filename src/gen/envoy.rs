@@ -148,11 +148,18 @@ pub enum Delivery<'a> {
     /// configuration, by ECDS) and `clusters.yaml` (CDS). Replacing either (write, then rename
     /// into place) takes effect without a restart; a registry the filter refuses is rejected
     /// and the running one keeps serving.
-    Files { dir: &'a str },
+    Files {
+        dir: &'a str,
+        /// The registry's file in `dir`: `REGISTRY_FILE` or `REGISTRY_IMAGE_FILE`.
+        registry: &'a str,
+    },
 }
 
 /// The file in a `Delivery::Files` directory holding the registry (ECDS).
 pub const REGISTRY_FILE: &str = "registry.yaml";
+/// The same holding the registry compiled (`--registry-image`): ECDS in protobuf's binary form,
+/// which Envoy reads without a JSON parse.
+pub const REGISTRY_IMAGE_FILE: &str = "registry.pb";
 /// The file in a `Delivery::Files` directory holding the clusters (CDS).
 pub const CLUSTERS_FILE: &str = "clusters.yaml";
 
@@ -190,6 +197,54 @@ pub fn registry_yaml(r: &Render) -> String {
     out.push_str("resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: tollgate\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n");
     out.push_str(&wasm_config(r, 6));
     out
+}
+
+/// The registry file of `Delivery::Files` with the registry compiled (`registry::image`): the
+/// ECDS resource `registry_yaml` writes, in protobuf's binary form, with the image as the
+/// plugin's configuration (a `BytesValue`). Field numbers are Envoy 1.40's (wasm.proto,
+/// base.proto, extension.proto, discovery.proto).
+pub fn registry_pb(wasm: &str, image: &[u8]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n > 0x7F {
+            out.push((n as u8 & 0x7F) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn field(field: u64, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 12);
+        varint(&mut out, field << 3 | 2);
+        varint(&mut out, data.len() as u64);
+        out.extend_from_slice(data);
+        out
+    }
+    fn any(type_url: &str, value: &[u8]) -> Vec<u8> {
+        [field(1, type_url.as_bytes()), field(2, value)].concat()
+    }
+    const TEC: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+    const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+    const BYTES: &str = "type.googleapis.com/google.protobuf.BytesValue";
+    let vm = [
+        field(1, b"tollgate"),
+        field(2, b"envoy.wasm.runtime.v8"),
+        field(3, &field(1, &field(1, wasm.as_bytes()))), // code.local.filename
+    ]
+    .concat();
+    let plugin = [
+        field(1, b"tollgate"),
+        field(2, b"tollgate"),
+        field(3, &vm),
+        field(4, &any(BYTES, &field(1, image))),
+        vec![7 << 3, 1],        // failure_policy: FAIL_RELOAD
+        field(9, &[1 << 3, 1]), // allow_on_headers_stop_iteration: {value: true}
+    ]
+    .concat();
+    let resource = [
+        field(1, b"tollgate"),
+        field(2, &any(WASM, &field(1, &plugin))),
+    ]
+    .concat();
+    [field(2, &any(TEC, &resource)), field(4, TEC.as_bytes())].concat()
 }
 
 /// The clusters file of `Delivery::Files` (CDS resources).
@@ -370,7 +425,7 @@ pub fn bootstrap_yaml(r: &Render) -> String {
             ),
             String::new(),
         ),
-        Delivery::Files { dir } => {
+        Delivery::Files { dir, registry } => {
             let source = |file: &str| {
                 let path = std::path::Path::new(dir).join(file).display().to_string();
                 format!(
@@ -381,8 +436,8 @@ pub fn bootstrap_yaml(r: &Render) -> String {
             };
             (
                 format!(
-                    "          # The registry comes from {dir}/{REGISTRY_FILE} (ECDS): replace that file to change it.\n          - name: tollgate\n            config_discovery:\n              config_source: {}\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n",
-                    source(REGISTRY_FILE)
+                    "          # The registry comes from {dir}/{registry} (ECDS): replace that file to change it.\n          - name: tollgate\n            config_discovery:\n              config_source: {}\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n",
+                    source(registry)
                 ),
                 format!(
                     "dynamic_resources:\n  # The clusters come from {dir}/{CLUSTERS_FILE} (CDS).\n  cds_config: {}\n",

@@ -31,6 +31,8 @@ pub struct Options {
     pub stores_dir: PathBuf,
     /// Check everything, write nothing.
     pub check_only: bool,
+    /// Deliver the registry compiled (`registry.pb`) rather than as JSON (`registry.yaml`).
+    pub registry_image: bool,
 }
 
 /// What a successful run produced.
@@ -93,6 +95,16 @@ pub fn generate(
         }
         Err(problems) => errors.extend(problems.into_iter().map(|p| format!("registry.{p}"))),
     }
+    let image = match options.registry_image && errors.is_empty() {
+        true => match tollgate_core::registry::image::compile(plugin_json.as_bytes()) {
+            Ok((image, _)) => Some(image),
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| format!("registry: {p}")));
+                None
+            }
+        },
+        false => None,
+    };
 
     // Converted stores are written only when nothing else is wrong.
     let write = !options.check_only;
@@ -139,6 +151,10 @@ pub fn generate(
         extra_clusters: "",
         delivery: Delivery::Files {
             dir: &dynamic_dir_text,
+            registry: match options.registry_image {
+                true => envoy::REGISTRY_IMAGE_FILE,
+                false => envoy::REGISTRY_FILE,
+            },
         },
         decision_log: gateway
             .and_then(|g| g.get("decisionLog"))
@@ -147,24 +163,36 @@ pub fn generate(
     // In the order Envoy needs them when re-run against a running gateway: the secrets the
     // clusters use, the clusters the registry names, the registry; the bootstrap (unchanged by
     // a registry change, so not rewritten) last.
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     for s in &plan.keys {
-        files.push((PathBuf::from(&s.file), envoy::key_secret_yaml(source, s)));
+        files.push((
+            PathBuf::from(&s.file),
+            envoy::key_secret_yaml(source, s).into(),
+        ));
     }
     for s in &plan.trusts {
-        files.push((PathBuf::from(&s.file), envoy::trust_secret_yaml(source, s)));
+        files.push((
+            PathBuf::from(&s.file),
+            envoy::trust_secret_yaml(source, s).into(),
+        ));
     }
     files.push((
         dynamic_dir.join(envoy::CLUSTERS_FILE),
-        envoy::clusters_yaml(&render),
+        envoy::clusters_yaml(&render).into(),
     ));
-    files.push((
-        dynamic_dir.join(envoy::REGISTRY_FILE),
-        envoy::registry_yaml(&render),
-    ));
+    files.push(match &image {
+        Some(image) => (
+            dynamic_dir.join(envoy::REGISTRY_IMAGE_FILE),
+            envoy::registry_pb(&def.wasm, image),
+        ),
+        None => (
+            dynamic_dir.join(envoy::REGISTRY_FILE),
+            envoy::registry_yaml(&render).into(),
+        ),
+    });
     files.push((
         options.out_dir.join("envoy.yaml"),
-        envoy::bootstrap_yaml(&render),
+        envoy::bootstrap_yaml(&render).into(),
     ));
     if write {
         // Envoy refuses to start when a watched directory is missing, even with no secret in it.
@@ -173,7 +201,7 @@ pub fn generate(
                 .map_err(|e| vec![format!("creating {}: {e}", dir.display())])?;
         }
         for (path, content) in &files {
-            match tools::write_atomic(path, content.as_bytes(), false) {
+            match tools::write_atomic(path, content, false) {
                 Ok(true) => findings.written.push(path.display().to_string()),
                 Ok(false) => {}
                 Err(e) => errors.push(e),
@@ -328,7 +356,7 @@ fn plan(planned: &[Planned], materials: &Materials, sds_dir: &Path) -> Plan {
 }
 
 /// Secrets from an earlier run that no cluster uses any more (only files tollgate-gen wrote).
-fn remove_stale_secrets(dir: &Path, files: &[(PathBuf, String)], written: &mut Vec<String>) {
+fn remove_stale_secrets(dir: &Path, files: &[(PathBuf, Vec<u8>)], written: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -88,6 +88,7 @@ fn check(def: &Definition) -> Result<Generated, Vec<String>> {
             stores_dir: out.join("stores"),
             out_dir: out,
             check_only: true,
+            registry_image: false,
         },
     )
 }
@@ -159,6 +160,7 @@ fn an_unknown_field_a_wrong_type_and_a_registry_error_are_reported_in_one_run() 
         stores_dir: dir.join("stores"),
         out_dir: dir.clone(),
         check_only: true,
+        registry_image: false,
     };
     let p = generate_file(&file, &options).unwrap_err();
     let at = |path: &str| format!("{}: {path}", file.display());
@@ -598,6 +600,7 @@ fn a_jks_keystore_becomes_one_pem_file_with_the_key_still_encrypted() {
         stores_dir: out.join("stores"),
         out_dir: out.clone(),
         check_only: false,
+        registry_image: false,
     };
     let g = generate(&def, "test.yaml", &options).unwrap();
     let pem = std::fs::read_to_string(out.join("stores/gw.pem")).unwrap();
@@ -644,6 +647,7 @@ fn verify_false_is_noted_as_a_warning_in_the_generated_cluster() {
         stores_dir: out.join("stores"),
         out_dir: out.clone(),
         check_only: false,
+        registry_image: false,
     };
     generate(&def, "test.yaml", &options).unwrap();
     let yaml = std::fs::read_to_string(out.join("dynamic/clusters.yaml")).unwrap();
@@ -787,6 +791,7 @@ fn plain_gateway(label: &str, registry: &str) -> String {
         stores_dir: out.join("stores"),
         out_dir: out.clone(),
         check_only: false,
+        registry_image: false,
     };
     generate(&def, "test.yaml", &options).unwrap();
     // The bootstrap and the registry, which lives in its own file.
@@ -885,5 +890,50 @@ fn contracts_that_disagree_on_the_connect_timeout_get_the_longest_with_a_warning
             .contains("t/a/1: its contracts' Timeout policies ask for different connect timeouts")),
         "{:?}",
         g.warnings
+    );
+}
+
+/// Generates a plain-HTTP gateway from `registry` YAML with `--registry-image`.
+fn imaged_gateway(label: &str, registry: &str) -> Result<(String, Vec<u8>), Vec<String>> {
+    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
+    let def = definition::read(&format!("registry:\n{registry}")).unwrap();
+    let options = Options {
+        stores_dir: out.join("stores"),
+        out_dir: out.clone(),
+        check_only: false,
+        registry_image: true,
+    };
+    let generated = generate(&def, "test.yaml", &options).map(|_| {
+        (
+            std::fs::read_to_string(out.join("envoy.yaml")).unwrap(),
+            std::fs::read(out.join("dynamic/registry.pb")).unwrap(),
+        )
+    });
+    let _ = std::fs::remove_dir_all(out);
+    generated
+}
+
+const KEYED: &str = "  apis:\n  - {organizationId: t, apiId: a, version: '1', endpoint: 'http://a.test/'}\n  clients:\n  - {organizationId: t, clientId: c, version: '1', apiKey: 'the-secret-key', contracts: [{apiOrgId: t, apiId: a, apiVersion: '1', policies: [{policyImpl: 'class:io.apiman.gateway.engine.policies.IPWhitelistPolicy', policyJsonConfig: '{\"ipList\":[\"NET\"]}'}]}]}\n";
+
+#[test]
+fn a_registry_image_goes_to_registry_pb_with_digests_not_keys() {
+    let (yaml, pb) = imaged_gateway("image", &KEYED.replace("NET", "10.0.0.0/8")).unwrap();
+    assert!(yaml.contains("dynamic/registry.pb"), "{yaml}");
+    let find = |needle: &[u8]| pb.windows(needle.len()).any(|w| w == needle);
+    assert!(find(b"type.googleapis.com/google.protobuf.BytesValue"));
+    assert!(find(b"tollgate-registry-image/"));
+    assert!(!find(b"the-secret-key"));
+}
+
+#[test]
+fn a_registry_that_reads_the_environment_is_not_delivered_as_an_image() {
+    let errors = imaged_gateway("image-env", &KEYED.replace("NET", "${NET:10.0.0.0/8}"))
+        .err()
+        .unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("environment variables (NET)")),
+        "{errors:?}"
     );
 }

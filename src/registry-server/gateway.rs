@@ -126,6 +126,7 @@ impl Gateway {
             out_dir: config.out_dir,
             stores_dir: config.stores_dir,
             check_only: false,
+            registry_image: false,
         };
         let (registry, notes) = state.registry(&base);
         def.registry = registry;
@@ -213,6 +214,7 @@ impl Inner {
         self.def.registry = registry;
         let check = Options {
             check_only: true,
+            registry_image: false,
             out_dir: self.options.out_dir.clone(),
             stores_dir: self.options.stores_dir.clone(),
         };

@@ -155,6 +155,49 @@ impl Fingerprint {
     }
 }
 
+/// Whether a configuration starts as an image does (its format's name, length-prefixed) rather
+/// than as JSON: a JSON document starts with `{` or white space.
+pub fn is_image(start: &[u8]) -> bool {
+    const NAME: &[u8] = b"tollgate-registry-image/";
+    start.len() >= 4 + NAME.len() && start[4..].starts_with(NAME)
+}
+
+/// How many bytes of a configuration `is_image` needs.
+pub const IMAGE_MARK: usize = 4 + FORMAT.len();
+
+/// Compiles a configuration into an image to deliver in its place (`tollgate-gen
+/// --registry-image`): every VM then reads the tables straight in, and no API key is in
+/// Envoy's configuration, only digests of them. Returns the image and the load's warnings.
+/// Refused when the configuration reads environment variables: their values are the VM's,
+/// which the compiler cannot know.
+pub fn compile(config: &[u8]) -> Result<(Vec<u8>, Vec<String>), Vec<String>> {
+    let seen = EnvRecord::default();
+    let env = |name: &str| {
+        seen.note(name, &None);
+        None
+    };
+    let loaded = crate::load(config, &env);
+    let read: Vec<String> = seen.0.borrow().keys().cloned().collect();
+    if !read.is_empty() {
+        return Err(vec![format!(
+            "the registry reads environment variables ({}), whose values only Envoy's VM has: deliver it as JSON, not as an image",
+            read.join(", ")
+        )]);
+    }
+    let mut loaded = loaded?;
+    let recipe = loaded
+        .registry
+        .take_recipe()
+        .ok_or_else(|| vec!["the registry keeps no recipe".to_string()])?;
+    let mut image = Vec::new();
+    write(&loaded.registry, &recipe, &seen, &mut |piece| {
+        image.extend_from_slice(piece);
+        true
+    })
+    .map_err(|e| vec![e])?;
+    Ok((image, loaded.warnings))
+}
+
 /// Writes the image, handing it over a piece of about `PIECE` bytes at a time (`emit` returns
 /// false to give up). Fails if a chain holds a policy the recipe has no spec for.
 pub fn write(
@@ -173,6 +216,7 @@ pub fn write(
         buf: Vec::with_capacity(PIECE + 4096),
         emit,
         failed: false,
+        written: Fingerprint::default(),
     };
     w.str(FORMAT);
     w.str(BUILD);
@@ -236,6 +280,9 @@ pub fn write(
         w.piece();
     }
     w.str("end");
+    // The fingerprint of every byte before it: a reader adopts only the bytes that were
+    // written together (an image rewritten while it was read, or damaged, is refused).
+    w.seal();
     w.flush();
     if w.failed {
         return Err("the image could not be stored".into());
@@ -247,6 +294,8 @@ struct Writer<'e> {
     buf: Vec<u8>,
     emit: &'e mut dyn FnMut(&[u8]) -> bool,
     failed: bool,
+    /// The fingerprint of the pieces handed over so far.
+    written: Fingerprint,
 }
 
 impl Writer<'_> {
@@ -276,9 +325,17 @@ impl Writer<'_> {
 
     fn flush(&mut self) {
         if !self.buf.is_empty() && !self.failed {
+            self.written.update(&self.buf);
             self.failed = !(self.emit)(&self.buf);
         }
         self.buf.clear();
+    }
+
+    /// Appends the fingerprint of everything written before it.
+    fn seal(&mut self) {
+        let mut f = self.written.clone();
+        f.update(&self.buf);
+        self.bytes(f.hex().as_bytes());
     }
 }
 
@@ -287,9 +344,20 @@ struct Reader<'n> {
     buf: Vec<u8>,
     pos: usize,
     next: &'n mut dyn FnMut() -> Option<Vec<u8>>,
+    /// The fingerprint of the bytes read before `buf[hashed..]`.
+    read: Fingerprint,
+    hashed: usize,
 }
 
 impl Reader<'_> {
+    /// Counts the bytes read so far into the fingerprint.
+    fn seal(&mut self) {
+        if let Some(read) = self.buf.get(self.hashed..self.pos) {
+            self.read.update(read);
+        }
+        self.hashed = self.pos;
+    }
+
     /// Makes `n` bytes available at `pos`.
     fn need(&mut self, n: usize) -> Result<(), String> {
         while self.buf.len() - self.pos < n {
@@ -297,6 +365,8 @@ impl Reader<'_> {
             if piece.is_empty() {
                 return Err("the image ends early".into());
             }
+            self.seal();
+            self.hashed = 0;
             if self.pos == self.buf.len() {
                 self.buf = piece; // nothing left over: take the piece as it is, no copy
             } else {
@@ -393,9 +463,20 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
         buf: Vec::new(),
         pos: 0,
         next,
+        read: Fingerprint::default(),
+        hashed: 0,
     };
-    if r.string()? != FORMAT || r.string()? != BUILD {
-        return Err("written by another build of tollgate".into());
+    let format = r.string()?;
+    if format != FORMAT {
+        return Err(format!(
+            "an image of format {format:?}; this filter reads {FORMAT:?}"
+        ));
+    }
+    let build = r.string()?;
+    if build != BUILD {
+        return Err(format!(
+            "compiled by tollgate build {build}; this filter is build {BUILD} (compile the registry again with the tollgate-gen of this filter's release)"
+        ));
     }
     for _ in 0..r.count(MAX_RECORDS)? {
         let name = r.string()?;
@@ -500,6 +581,14 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     reg.keys = table;
     if r.string()? != "end" {
         return Err("the image does not end where it should".into());
+    }
+    r.seal();
+    let read = r.read.hex();
+    if r.take(read.len())? != read.as_bytes() {
+        return Err("its bytes are not the ones written together (changed or damaged)".into());
+    }
+    if r.pos < r.buf.len() || (r.next)().is_some_and(|p| !p.is_empty()) {
+        return Err("bytes follow the image".into());
     }
     check(reg)?;
     builder
@@ -691,7 +780,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_image_is_refused_not_trusted() {
+    fn a_damaged_image_is_refused_however_little_changed() {
         let mut loaded = load(&config(), &crate::config::no_env);
         let whole = image_of(&mut loaded, &EnvRecord::default()).concat();
         for cut in 0..whole.len() {
@@ -701,12 +790,20 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        // Flipped bytes may still read (a flipped letter in a client id), but never panic.
         for at in 0..whole.len() {
             let mut bad = whole.clone();
             bad[at] ^= 0x5a;
-            let _ = read_pieces(vec![bad], &crate::config::no_env);
+            assert!(
+                read_pieces(vec![bad], &crate::config::no_env).is_err(),
+                "byte {at} flipped"
+            );
         }
+        let mut longer = whole.clone();
+        longer.push(b' ');
+        assert_eq!(
+            read_pieces(vec![longer], &crate::config::no_env).err(),
+            Some("bytes follow the image".to_string())
+        );
     }
 
     #[test]
@@ -719,6 +816,51 @@ mod tests {
         let _ = loaded.take_recipe();
         let refused = write(&loaded, &recipe, &EnvRecord::default(), &mut |_| true);
         assert!(refused.is_err());
+    }
+
+    #[test]
+    fn a_compiled_image_answers_like_the_json_it_was_compiled_from() {
+        let text = config();
+        let (image, _) = compile(text.as_bytes()).unwrap();
+        assert!(is_image(&image[..IMAGE_MARK]));
+        assert!(!is_image(text.as_bytes()));
+        let delivered = read_pieces(vec![image], &crate::config::no_env).unwrap();
+        assert_eq!(
+            describe(&delivered),
+            describe(&load(&text, &crate::config::no_env))
+        );
+    }
+
+    #[test]
+    fn a_compiled_image_holds_digests_of_the_keys_not_the_keys() {
+        let (image, _) = compile(config().as_bytes()).unwrap();
+        let text = String::from_utf8_lossy(&image);
+        for key in ["k1", "k2", "k3"] {
+            assert!(!text.contains(&format!("\"{key}\"")), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_registry_that_reads_the_environment_is_not_compiled() {
+        let text = config().replace(r#"\"10.0.0.0/8\"]}"#, r#"\"${NET}\"]}"#);
+        let refused = compile(text.as_bytes()).err().unwrap();
+        assert!(
+            refused[0].contains("environment variables (NET)"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_image_of_another_build_is_refused_with_both_builds_named() {
+        let (image, _) = compile(config().as_bytes()).unwrap();
+        let mut other = image.clone();
+        let at = IMAGE_MARK + 4; // the build, after the format and its length
+        other[at] = if other[at] == b'0' { b'1' } else { b'0' };
+        let refused = read_pieces(vec![other], &crate::config::no_env)
+            .err()
+            .unwrap();
+        assert!(refused.contains("this filter is build"), "{refused}");
+        assert!(refused.contains(BUILD), "{refused}");
     }
 
     #[test]

@@ -289,16 +289,14 @@ impl Envoy {
 
     /// Envoy's stats as text (`name: value` lines).
     pub fn stats(&self) -> String {
-        http_client::send(
-            &self.admin,
-            "GET",
-            "/stats",
-            &[],
-            b"",
-            Duration::from_secs(5),
-        )
-        .map(|r| r.text())
-        .unwrap_or_default()
+        self.admin_get("/stats")
+    }
+
+    /// A page of Envoy's admin interface (`/stats`, `/config_dump`, ...) as text.
+    pub fn admin_get(&self, path: &str) -> String {
+        http_client::send(&self.admin, "GET", path, &[], b"", Duration::from_secs(5))
+            .map(|r| r.text())
+            .unwrap_or_default()
     }
 
     /// One counter or gauge from the stats, if present.
@@ -498,12 +496,23 @@ pub fn certs(dir: &Path, args: &[&str]) -> Result<(), String> {
 /// Runs tollgate-gen on a definition, from the repository root. Ok: its report (warnings,
 /// files written); Err: its errors.
 pub fn generate(definition: &Path, out: &Path, stores: &Path) -> Result<String, String> {
+    generate_with(definition, out, stores, &[])
+}
+
+/// `generate` with more of tollgate-gen's options (`--registry-image`).
+pub fn generate_with(
+    definition: &Path,
+    out: &Path,
+    stores: &Path,
+    options: &[&str],
+) -> Result<String, String> {
     let result = Command::new(gen_binary()?)
         .arg(definition)
         .arg("--out")
         .arg(out)
         .arg("--stores")
         .arg(stores)
+        .args(options)
         .current_dir(repo_root())
         .output()
         .map_err(|e| format!("tollgate-gen: {e}"))?;

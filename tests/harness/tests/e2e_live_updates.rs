@@ -197,3 +197,76 @@ fn tollgate_gen_refuses_a_broken_registry_and_leaves_the_running_files_alone() {
     assert!(err.contains("is not an http:// or https:// URL"), "{err}");
     assert_eq!(std::fs::read_to_string(&registry).unwrap(), before);
 }
+
+/// A key-authenticated API whose plan names itself in a header, and one client per key.
+fn keyed_definition(dir: &Path, backend: u16, keys: &[&str]) -> std::path::PathBuf {
+    let mut yaml = format!(
+        "wasm: {}\nadmin: {{address: 127.0.0.1, port: 0}}\nlistener: {{address: 127.0.0.1, port: 0}}\nregistry:\n  apis:\n  - {{organizationId: t, apiId: keyed, version: '1', endpoint: 'http://127.0.0.1:{backend}/'}}\n  plans:\n  - {{planId: gold, policies: [{{policy: simple-header, config: {{addHeaders: [{{headerName: X-Plan, headerValue: gold, applyTo: Request}}]}}}}]}}\n  clients:\n",
+        live::wasm_path().unwrap().display()
+    );
+    for (i, key) in keys.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - {{organizationId: t, clientId: c{i}, version: '1', apiKey: '{key}', contracts: [{{apiOrgId: t, apiId: keyed, apiVersion: '1', plan: gold}}]}}\n"
+        ));
+    }
+    let path = dir.join("gateway.def.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn a_registry_delivered_as_an_image_serves_updates_live_and_keeps_keys_out_of_envoys_config() {
+    if !live::tls_e2e_available() {
+        return;
+    }
+    let backend = Backend::echo("live-image").unwrap();
+    let dir = live::scratch_dir("live-image").unwrap();
+    let generate = |keys: &[&str]| {
+        let def = keyed_definition(&dir, backend.port, keys);
+        live::generate_with(
+            &def,
+            &dir.join("out"),
+            &dir.join("stores"),
+            &["--registry-image"],
+        )
+        .unwrap_or_else(|e| panic!("tollgate-gen failed:\n{e}"));
+    };
+    generate(&["first-key-0001"]);
+    let yaml = std::fs::read_to_string(dir.join("out/envoy.yaml")).unwrap();
+    assert!(yaml.contains("registry.pb"), "{yaml}");
+    let envoy = Envoy::start(&yaml, 2).unwrap();
+    let keyed = |key: &str| {
+        envoy
+            .get("/t/keyed/1/x", &[("X-API-Key", key)])
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    assert_eq!(keyed("first-key-0001"), 200);
+    assert_eq!(keyed("second-key-0002"), 404);
+    assert!(
+        envoy
+            .log()
+            .contains("(a registry image compiled by tollgate-gen)"),
+        "{}",
+        envoy.log()
+    );
+
+    generate(&["first-key-0001", "second-key-0002"]);
+    let applied = live::wait_for(Duration::from_secs(10), || {
+        (keyed("second-key-0002") == 200).then_some(())
+    });
+    assert!(applied.is_some(), "the second image never applied");
+    assert_eq!(keyed("first-key-0001"), 200);
+    assert_eq!(
+        envoy.stat_or_zero("extension_config_discovery.http_filter.tollgate.update_rejected"),
+        0
+    );
+    // Envoy's configuration (what its admin interface shows) holds digests, not the keys.
+    let dump = envoy.admin_get("/config_dump?include_eds");
+    assert!(
+        dump.contains("BytesValue"),
+        "{}",
+        &dump[..dump.len().min(2000)]
+    );
+    assert!(!dump.contains("first-key-0001"));
+}

@@ -234,7 +234,8 @@ fn an_image_whose_pieces_changed_is_not_adopted() {
     assert!(
         lines
             .iter()
-            .any(|l| l == "registry image not used: its pieces changed while they were read"),
+            .any(|l| l
+                == "registry image not used: its bytes are not the ones written together (changed or damaged)"),
         "{lines:?}"
     );
     for n in [0, 3999, 7999] {
@@ -246,6 +247,58 @@ fn an_image_whose_pieces_changed_is_not_adopted() {
             .unwrap();
         assert_eq!(r.status, 200, "key {n}: {r:?}");
     }
+}
+
+#[test]
+fn a_registry_image_compiled_by_tollgate_gen_answers_as_its_json_does() {
+    let (compiled, _) =
+        tollgate_core::registry::image::compile(large_registry("one").as_bytes()).unwrap();
+    let host = Host::new(HostSettings::default());
+    let vm = host.start_vm(&compiled).unwrap();
+    let lines = load_lines(&vm);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("loaded 1 APIs and 8000 clients in")
+                && l.ends_with("(a registry image compiled by tollgate-gen)")),
+        "{lines:?}"
+    );
+    let known = vm
+        .run(
+            StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-one-004321"),
+            |_| ok(),
+        )
+        .unwrap();
+    assert_eq!(known.status, 200, "{known:?}");
+    assert_eq!(backend_header(&known, "x-plan").as_deref(), Some("one"));
+    let unknown = vm
+        .run(
+            StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-two-004321"),
+            |_| ok(),
+        )
+        .unwrap();
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    // Every VM reads the delivered image itself: nothing goes to shared data.
+    assert!(!host
+        .shared()
+        .keys()
+        .iter()
+        .any(|k| k.starts_with("tollgate.registry-image")));
+}
+
+#[test]
+fn a_damaged_registry_image_is_refused_at_load() {
+    let (mut compiled, _) =
+        tollgate_core::registry::image::compile(large_registry("one").as_bytes()).unwrap();
+    let middle = compiled.len() / 2;
+    compiled[middle] ^= 0x01;
+    let host = Host::new(HostSettings::default());
+    let text = host.start_vm(&compiled).err().unwrap().to_string();
+    assert!(text.contains("refused the configuration"), "{text}");
+    assert!(
+        text.contains("configuration refused: the registry image does not read: its bytes are not the ones written together"),
+        "{text}"
+    );
 }
 
 #[test]
