@@ -93,7 +93,11 @@ optimize_wasm() {
     $sudo apt-get install -y -qq binaryen >&2 || { say "wasm-opt unavailable: the module stays unoptimized"; return 0; }
   fi
   say "optimizing the module (wasm-opt -O3)"
-  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  # --one-caller-inline-max-function-size: binaryen inlines a function with one caller
+  # whatever its size, which merged the JWT verifiers into one 100 KB function; V8 compiles the
+  # whole module with TurboFan before Envoy's first request, and one huge function costs far
+  # more than its parts (eager compile under Node, best of 6: 1,987 -> 1,773 ms).
+  wasm-opt -O3 --one-caller-inline-max-function-size 1000 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int "$WASM" -o "$WASM.opt" >&2
   # A new file, not a rewrite of cargo's hard link into target/.../deps.
   mv "$WASM.opt" "$WASM"

@@ -80,7 +80,12 @@ pub fn generate(
     // The filter's own loader checks the registry as Envoy will, and says which services its
     // policies call (they get clusters too).
     let plugin_json = serde_json::to_string_pretty(&resolution.registry).unwrap_or_default();
-    match tollgate_core::load(plugin_json.as_bytes(), &|n| std::env::var(n).ok()) {
+    let env_read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let env = |name: &str| {
+        env_read.borrow_mut().insert(name.to_string());
+        std::env::var(name).ok()
+    };
+    match tollgate_core::load(plugin_json.as_bytes(), &env) {
         Ok(loaded) => {
             findings
                 .warnings
@@ -95,7 +100,13 @@ pub fn generate(
         }
         Err(problems) => errors.extend(problems.into_iter().map(|p| format!("registry.{p}"))),
     }
-    let image = match options.registry_image && errors.is_empty() {
+    let env_read: Vec<String> = env_read.into_inner().into_iter().collect();
+    if options.registry_image && !env_read.is_empty() {
+        let why = tollgate_core::registry::image::environment_refused(&env_read);
+        errors.push(format!("registry: {why}"));
+    }
+    // Compiled only to be written: the load above has checked it.
+    let image = match options.registry_image && !options.check_only && errors.is_empty() {
         true => match tollgate_core::registry::image::compile(plugin_json.as_bytes()) {
             Ok((image, _)) => Some(image),
             Err(problems) => {

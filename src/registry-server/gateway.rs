@@ -26,6 +26,8 @@ pub struct Config {
     /// The gateway's public URL (`GET /apis/{org}/{api}/{version}/endpoint`); default: the
     /// definition's listener.
     pub public_url: Option<String>,
+    /// Deliver the registry compiled (tollgate-gen `--registry-image`).
+    pub registry_image: bool,
 }
 
 pub struct Gateway {
@@ -126,7 +128,7 @@ impl Gateway {
             out_dir: config.out_dir,
             stores_dir: config.stores_dir,
             check_only: false,
-            registry_image: false,
+            registry_image: config.registry_image,
         };
         let (registry, notes) = state.registry(&base);
         def.registry = registry;
@@ -214,7 +216,7 @@ impl Inner {
         self.def.registry = registry;
         let check = Options {
             check_only: true,
-            registry_image: false,
+            registry_image: self.options.registry_image,
             out_dir: self.options.out_dir.clone(),
             stores_dir: self.options.stores_dir.clone(),
         };
@@ -357,6 +359,7 @@ mod tests {
             stores_dir: dir.join("stores"),
             state_dir: dir.join("state"),
             public_url: None,
+            registry_image: false,
         }
     }
 
@@ -384,6 +387,21 @@ mod tests {
         );
         let gw = Gateway::open(c).unwrap();
         assert_eq!(gw.public_url(), "http://10.0.0.5:8080/");
+    }
+
+    #[test]
+    fn with_registry_image_the_registry_is_written_compiled() {
+        let mut c = config(
+            "image",
+            "registry:\n  apis:\n  - {organizationId: o, apiId: a, version: '1', publicAPI: true, endpoint: 'http://x/'}\n",
+        );
+        c.registry_image = true;
+        let out = c.out_dir.clone();
+        Gateway::open(c).unwrap();
+        assert!(out.join("dynamic/registry.pb").exists());
+        assert!(!out.join("dynamic/registry.yaml").exists());
+        let envoy = std::fs::read_to_string(out.join("envoy.yaml")).unwrap();
+        assert!(envoy.contains("dynamic/registry.pb"), "{envoy}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ tollgate-registry: Apiman's Gateway REST API for tollgate (publish APIs, registe
 
 usage: tollgate-registry DEFINITION --out DIR --state DIR --user NAME --password-file FILE
                          [--stores DIR] [--listen ADDR:PORT] [--public-url URL] [--base-path PATH]
+                         [--registry-image]
 
   DEFINITION          the gateway definition tollgate-gen reads (listener, keystores,
                       truststores, outbound, endpoint aliases; its registry seeds the first start)
@@ -29,6 +30,8 @@ usage: tollgate-registry DEFINITION --out DIR --state DIR --user NAME --password
   --public-url URL    the gateway's public URL, answered by the API endpoint lookup;
                       default http://<listener address>:<listener port>/ of the definition
   --base-path PATH    serve the API under PATH (e.g. /api); default /
+  --registry-image    deliver the registry compiled, as tollgate-gen --registry-image does
+                      (DIR/dynamic/registry.pb instead of registry.yaml): for large registries
 
 Paths in the definition resolve against the current directory, as with tollgate-gen: run this
 where Envoy runs. Prints \"listening on ADDR:PORT\" on stdout once ready; logs to stderr.
@@ -45,11 +48,13 @@ struct Args {
     listen: String,
     public_url: Option<String>,
     base_path: String,
+    registry_image: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut definition = None;
     let mut values: std::collections::BTreeMap<&'static str, String> = Default::default();
+    let mut registry_image = false;
     let mut args = std::env::args().skip(1);
     const OPTIONS: [&str; 8] = [
         "--out",
@@ -71,7 +76,9 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .into(),
             );
         }
-        if let Some(name) = OPTIONS.iter().find(|o| **o == arg) {
+        if arg == "--registry-image" {
+            registry_image = true;
+        } else if let Some(name) = OPTIONS.iter().find(|o| **o == arg) {
             let value = args.next().ok_or(format!("{arg} needs a value"))?;
             values.insert(name, value);
         } else if arg.starts_with('-') {
@@ -104,6 +111,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             .unwrap_or_else(|| "127.0.0.1:7070".into()),
         public_url: values.remove("--public-url"),
         base_path: values.remove("--base-path").unwrap_or_default(),
+        registry_image,
     }))
 }
 
@@ -132,6 +140,7 @@ fn main() -> ExitCode {
         out_dir: args.out,
         state_dir: args.state,
         public_url: args.public_url,
+        registry_image: args.registry_image,
     };
     let gateway = match Gateway::open(config) {
         Ok(g) => Arc::new(g),

@@ -5,16 +5,19 @@
 //! each worker), and a worker serves nothing while it loads: for a million keys each load takes
 //! seconds. The first VM to load a configuration writes its image to Envoy's shared data (the
 //! adapter does, in pieces); the others find it by the configuration's fingerprint and read the
-//! tables straight in, compiling only the few distinct policies again.
+//! tables straight in, compiling only the few distinct policies again. An image can also be
+//! compiled ahead (`compile`, tollgate-gen `--registry-image`) and delivered as the plugin's
+//! configuration itself, so no VM parses JSON at all.
 //!
 //! What is in it: the configuration's `gateway`, `apis` and `plans` as JSON (read again the
 //! usual way, so APIs, plans and settings are exactly as a full load makes them), every distinct
 //! policy of the contracts' chains as its spec (compiled again, each once), the chains as lists
-//! of those policies, the string tables and the client, contract and key records. Which
+//! of those policies, the string tables and the client, contract and key records (as varints,
+//! in groups), and last the fingerprint of all the bytes before it. Which
 //! environment variables the load read is recorded as digests of their values: a VM whose
 //! environment differs loads the configuration itself. The image is only ever written after a
-//! load that succeeded, and reading one checks every index, so a damaged or foreign image is
-//! refused (and the VM loads the configuration) rather than trusted.
+//! load that succeeded, and reading one checks every index and the closing fingerprint, so a
+//! damaged or foreign image is refused rather than trusted.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -32,7 +35,7 @@ use crate::policy::{kind_by_name, Policy};
 /// Changes whenever the layout below does. The fingerprint of this crate's source is written
 /// beside it (build.rs), so an image written by another build of tollgate in the same Envoy (a
 /// module replaced by a live update keeps its predecessor's shared data) is never read.
-const FORMAT: &str = "tollgate-registry-image/1";
+const FORMAT: &str = "tollgate-registry-image/2";
 pub const BUILD: &str = env!("TOLLGATE_CORE_SOURCE");
 
 /// How the image is cut for Envoy's shared data: a reader holds one piece at a time, so adopting
@@ -179,10 +182,7 @@ pub fn compile(config: &[u8]) -> Result<(Vec<u8>, Vec<String>), Vec<String>> {
     let loaded = crate::load(config, &env);
     let read: Vec<String> = seen.0.borrow().keys().cloned().collect();
     if !read.is_empty() {
-        return Err(vec![format!(
-            "the registry reads environment variables ({}), whose values only Envoy's VM has: deliver it as JSON, not as an image",
-            read.join(", ")
-        )]);
+        return Err(vec![environment_refused(&read)]);
     }
     let mut loaded = loaded?;
     let recipe = loaded
@@ -196,6 +196,14 @@ pub fn compile(config: &[u8]) -> Result<(Vec<u8>, Vec<String>), Vec<String>> {
     })
     .map_err(|e| vec![e])?;
     Ok((image, loaded.warnings))
+}
+
+/// Why a registry that reads the environment variables `names` is not compiled.
+pub fn environment_refused(names: &[String]) -> String {
+    format!(
+        "the registry reads environment variables ({}), whose values only Envoy's VM has: deliver it as JSON, not as an image",
+        names.join(", ")
+    )
 }
 
 /// Writes the image, handing it over a piece of about `PIECE` bytes at a time (`emit` returns
@@ -249,36 +257,42 @@ pub fn write(
         w.str(s);
     }
     w.str(&registry.client_ids);
+    // Records as LEB128 varints in groups; what follows from the order is left out: a client's
+    // id and contracts start where the previous client's end (as the loader appends them).
     w.u32(registry.clients.len() as u32);
-    for c in &registry.clients {
+    let (mut id_end, mut contracts_end, mut source) = (0u32, 0u32, 0u32);
+    let mut in_order = true;
+    w.groups(registry.clients.iter(), |g, c| {
+        in_order &= c.id_start == id_end && c.first_contract == contracts_end && c.source >= source;
+        id_end = c.id_start.wrapping_add(c.id_len);
+        contracts_end = c.first_contract.wrapping_add(c.contract_count);
         for v in [
             c.org,
             c.version,
-            c.id_start,
             c.id_len,
-            c.first_contract,
             c.contract_count,
-            c.source,
+            c.source.wrapping_sub(source),
         ] {
-            w.u32(v);
+            varint(g, v);
         }
-        w.piece();
+        source = c.source;
+    });
+    if !in_order {
+        return Err("the client records are not in the order the loader makes them".into());
     }
     w.u32(registry.contracts.len() as u32);
-    for c in &registry.contracts {
-        w.u32(c.api);
-        w.u32(c.plan);
-        w.u32(c.chain);
-        w.piece();
-    }
+    w.groups(registry.contracts.iter(), |g, c| {
+        varint(g, c.api);
+        varint(g, c.plan.wrapping_add(1)); // NO_PLAN (u32::MAX) is 0
+        varint(g, c.chain);
+    });
     // The keys in the table's slot order, so the adopting VM fills its table front to back.
     w.u32(registry.keys.len() as u32);
     w.u32(registry.keys.capacity() as u32);
-    for (id, client) in registry.keys.entries() {
-        w.bytes(id);
-        w.u32(client);
-        w.piece();
-    }
+    w.groups(registry.keys.entries(), |g, (id, client)| {
+        g.extend_from_slice(id);
+        varint(g, client);
+    });
     w.str("end");
     // The fingerprint of every byte before it: a reader adopts only the bytes that were
     // written together (an image rewritten while it was read, or damaged, is refused).
@@ -329,6 +343,32 @@ impl Writer<'_> {
             self.failed = !(self.emit)(&self.buf);
         }
         self.buf.clear();
+    }
+
+    /// Records in groups of about `GROUP` bytes, each group `[records u32][bytes u32][bytes]`,
+    /// so a reader decodes from one slice at a time.
+    fn groups<T>(&mut self, items: impl Iterator<Item = T>, mut put: impl FnMut(&mut Vec<u8>, T)) {
+        let mut group = Vec::with_capacity(GROUP + MAX_RECORD);
+        let mut n = 0u32;
+        for item in items {
+            put(&mut group, item);
+            n += 1;
+            if group.len() >= GROUP {
+                self.group(n, &group);
+                group.clear();
+                n = 0;
+            }
+        }
+        if n > 0 {
+            self.group(n, &group);
+        }
+    }
+
+    fn group(&mut self, n: u32, group: &[u8]) {
+        self.u32(n);
+        self.u32(group.len() as u32);
+        self.bytes(group);
+        self.piece();
     }
 
     /// Appends the fingerprint of everything written before it.
@@ -406,23 +446,30 @@ impl Reader<'_> {
         String::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())
     }
 
-    /// Hands `n` records of `size` bytes each to `f`, a piece's worth at a time.
-    fn records(&mut self, n: usize, size: usize, mut f: impl FnMut(&[u8])) -> Result<(), String> {
+    /// Hands `n` records written by `Writer::groups` to `f`, a group at a time.
+    fn groups(
+        &mut self,
+        n: usize,
+        mut f: impl FnMut(&mut Group) -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut left = n;
         while left > 0 {
-            self.need(size)?;
-            let here = ((self.buf.len() - self.pos) / size).min(left);
-            let end = self.pos + here * size;
-            for record in self
-                .buf
-                .get(self.pos..end)
-                .unwrap_or_default()
-                .chunks_exact(size)
-            {
-                f(record);
+            let records = self.u32()? as usize;
+            let len = self.u32()? as usize;
+            if records == 0 || records > left || len > GROUP + MAX_RECORD {
+                return Err("a record group does not fit".into());
             }
-            self.pos = end;
-            left -= here;
+            let mut group = Group {
+                bytes: self.take(len)?,
+                pos: 0,
+            };
+            for _ in 0..records {
+                f(&mut group)?;
+            }
+            if group.pos != len {
+                return Err("a record group does not end where it should".into());
+            }
+            left -= records;
         }
         Ok(())
     }
@@ -438,11 +485,68 @@ impl Reader<'_> {
     }
 }
 
-/// The `i`th little-endian u32 of a record.
-fn u32_at(record: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&record[4 * i..4 * i + 4]);
-    u32::from_le_bytes(a)
+/// How many bytes of records a group holds (about), and the most one record takes.
+const GROUP: usize = 1 << 16;
+const MAX_RECORD: usize = 32;
+
+/// Appends `v` as a LEB128 varint.
+fn varint(out: &mut Vec<u8>, mut v: u32) {
+    while v > 0x7F {
+        out.push((v as u8 & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads the records of one group.
+struct Group<'b> {
+    bytes: &'b [u8],
+    pos: usize,
+}
+
+impl Group<'_> {
+    /// Most numbers in an image take one byte: those are read without a loop.
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u32, String> {
+        match self.bytes.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u32::from(b))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u32, String> {
+        let mut v: u32 = 0;
+        for shift in (0..35).step_by(7) {
+            let b = *self
+                .bytes
+                .get(self.pos)
+                .ok_or("a record group ends early")?;
+            self.pos += 1;
+            if shift == 28 && b > 0x0F {
+                return Err("a number in a record is too large".into());
+            }
+            v |= u32::from(b & 0x7F) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("a number in a record is too large".into())
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let b = self
+            .bytes
+            .get(self.pos..self.pos + N)
+            .ok_or("a record group ends early")?;
+        self.pos += N;
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
 }
 
 /// At most this many records of any kind (clients, contracts, keys): far above any registry a
@@ -538,26 +642,34 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     reg.client_ids = r.string()?;
     let clients = r.count(MAX_RECORDS)?;
     reg.clients.reserve_exact(room(clients));
-    r.records(clients, 28, |b| {
-        let f = |i: usize| u32_at(b, i);
+    let (mut id_end, mut contracts_end, mut source) = (0u32, 0u32, 0u32);
+    r.groups(clients, |g| {
+        let (org, version, id_len, contract_count) =
+            (g.varint()?, g.varint()?, g.varint()?, g.varint()?);
+        source = source.wrapping_add(g.varint()?);
         reg.clients.push(ClientRecord {
-            org: f(0),
-            version: f(1),
-            id_start: f(2),
-            id_len: f(3),
-            first_contract: f(4),
-            contract_count: f(5),
-            source: f(6),
+            org,
+            version,
+            id_start: id_end,
+            id_len,
+            first_contract: contracts_end,
+            contract_count,
+            source,
         });
+        // Past u32 only in a damaged image; `check` then refuses the record.
+        id_end = id_end.wrapping_add(id_len);
+        contracts_end = contracts_end.wrapping_add(contract_count);
+        Ok(())
     })?;
     let contracts = r.count(MAX_RECORDS)?;
     reg.contracts.reserve_exact(room(contracts));
-    r.records(contracts, 12, |b| {
+    r.groups(contracts, |g| {
         reg.contracts.push(ContractRecord {
-            api: u32_at(b, 0),
-            plan: u32_at(b, 1),
-            chain: u32_at(b, 2),
+            api: g.varint()?,
+            plan: g.varint()?.wrapping_sub(1),
+            chain: g.varint()?,
         });
+        Ok(())
     })?;
     // A client record holds at most one key: more keys than clients is a damaged image (and
     // must not size the table before any key has arrived).
@@ -570,10 +682,10 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     }
     let mut table = KeyTable::with_slots(slots);
     let mut repeated = false;
-    r.records(keys, 20, |b| {
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&b[..16]);
-        repeated |= table.insert(id, u32_at(b, 4)).is_err();
+    r.groups(keys, |g| {
+        let id = g.bytes::<16>()?;
+        repeated |= table.insert(id, g.varint()?).is_err();
+        Ok(())
     })?;
     if repeated {
         return Err("a key repeats".into());

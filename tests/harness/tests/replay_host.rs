@@ -215,7 +215,7 @@ fn a_large_registry_is_compiled_once_and_adopted_by_the_other_vms() {
 #[test]
 fn an_image_whose_pieces_changed_is_not_adopted() {
     // As if another VM rewrote the image while this one read it: a byte of the last piece
-    // (the keys) differs from what the manifest's fingerprint covers.
+    // (the keys) differs from what the image's closing fingerprint covers.
     let config = large_registry("one");
     let host = Host::new(HostSettings::default());
     host.start_vm(config.as_bytes()).unwrap();
