@@ -85,11 +85,14 @@ pub fn generate(
         env_read.borrow_mut().insert(name.to_string());
         std::env::var(name).ok()
     };
+    let mut image = None;
     match tollgate_core::load(plugin_json.as_bytes(), &env) {
-        Ok(loaded) => {
-            findings
-                .warnings
-                .extend(loaded.warnings.into_iter().map(|w| format!("registry.{w}")));
+        Ok(mut loaded) => {
+            findings.warnings.extend(
+                std::mem::take(&mut loaded.warnings)
+                    .into_iter()
+                    .map(|w| format!("registry.{w}")),
+            );
             resolve::plan_call_targets(
                 def,
                 loaded.registry.call_targets(),
@@ -97,6 +100,14 @@ pub fn generate(
                 &mut errors,
                 &mut findings.warnings,
             );
+            // The image is made from this load, only to be written, and only when it read no
+            // environment variable (refused below).
+            if options.registry_image && !options.check_only && env_read.borrow().is_empty() {
+                match tollgate_core::registry::image::image_of(&mut loaded.registry) {
+                    Ok(bytes) => image = Some(bytes),
+                    Err(why) => errors.push(format!("registry: {why}")),
+                }
+            }
         }
         Err(problems) => errors.extend(problems.into_iter().map(|p| format!("registry.{p}"))),
     }
@@ -105,17 +116,6 @@ pub fn generate(
         let why = tollgate_core::registry::image::environment_refused(&env_read);
         errors.push(format!("registry: {why}"));
     }
-    // Compiled only to be written: the load above has checked it.
-    let image = match options.registry_image && !options.check_only && errors.is_empty() {
-        true => match tollgate_core::registry::image::compile(plugin_json.as_bytes()) {
-            Ok((image, _)) => Some(image),
-            Err(problems) => {
-                errors.extend(problems.into_iter().map(|p| format!("registry: {p}")));
-                None
-            }
-        },
-        false => None,
-    };
 
     // Converted stores are written only when nothing else is wrong.
     let write = !options.check_only;

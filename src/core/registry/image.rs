@@ -39,7 +39,7 @@ const FORMAT: &str = "tollgate-registry-image/2";
 pub const BUILD: &str = env!("TOLLGATE_CORE_SOURCE");
 
 /// How the image is cut for Envoy's shared data: a reader holds one piece at a time, so adopting
-/// a 70 MB image does not grow the VM by 70 MB.
+/// a 40 MB image does not grow the VM by 40 MB.
 pub const PIECE: usize = 1 << 20;
 
 /// What a full load keeps for its image: the configuration's head as JSON and the spec of every
@@ -162,7 +162,8 @@ impl Fingerprint {
 /// than as JSON: a JSON document starts with `{` or white space.
 pub fn is_image(start: &[u8]) -> bool {
     const NAME: &[u8] = b"tollgate-registry-image/";
-    start.len() >= 4 + NAME.len() && start[4..].starts_with(NAME)
+    // The name's length is a little-endian u32 below 256: JSON text never holds a zero byte.
+    start.len() >= 4 + NAME.len() && start[1..4] == [0, 0, 0] && start[4..].starts_with(NAME)
 }
 
 /// How many bytes of a configuration `is_image` needs.
@@ -185,17 +186,27 @@ pub fn compile(config: &[u8]) -> Result<(Vec<u8>, Vec<String>), Vec<String>> {
         return Err(vec![environment_refused(&read)]);
     }
     let mut loaded = loaded?;
-    let recipe = loaded
-        .registry
+    let image = image_of(&mut loaded.registry).map_err(|e| vec![e])?;
+    Ok((image, loaded.warnings))
+}
+
+/// The image of a registry loaded with no environment variable read (its recipe is taken),
+/// read back once: an image a VM would refuse is never handed out.
+pub fn image_of(registry: &mut Registry) -> Result<Vec<u8>, String> {
+    let recipe = registry
         .take_recipe()
-        .ok_or_else(|| vec!["the registry keeps no recipe".to_string()])?;
+        .ok_or("the registry keeps no recipe")?;
     let mut image = Vec::new();
-    write(&loaded.registry, &recipe, &seen, &mut |piece| {
+    write(registry, &recipe, &EnvRecord::default(), &mut |piece| {
         image.extend_from_slice(piece);
         true
+    })?;
+    let mut pieces = image.chunks(PIECE);
+    read(&crate::config::no_env, &mut || {
+        pieces.next().map(<[u8]>::to_vec)
     })
-    .map_err(|e| vec![e])?;
-    Ok((image, loaded.warnings))
+    .map_err(|why| format!("its image does not read back: {why}"))?;
+    Ok(image)
 }
 
 /// Why a registry that reads the environment variables `names` is not compiled.
@@ -474,7 +485,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// A count of records of `size` bytes each, checked against the image's length so a damaged
+    /// A count, refused past `limit`; what it reserves up front is capped by `room`, so a damaged
     /// count cannot make the reader reserve gigabytes.
     fn count(&mut self, limit: usize) -> Result<usize, String> {
         let n = self.u32()? as usize;
@@ -621,8 +632,8 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     let chains = r.count(MAX_RECORDS)?;
     reg.chains.reserve_exact(room(chains));
     for _ in 0..chains {
-        let n = r.count(policies.len().max(1) * 64)?;
-        let mut chain = Vec::with_capacity(n);
+        let n = r.count(MAX_RECORDS)?;
+        let mut chain = Vec::with_capacity(room(n).min(64));
         for _ in 0..n {
             let i = r.u32()? as usize;
             chain.push(policies.get(i).ok_or("a chain names no policy")?.clone());
@@ -682,9 +693,14 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
     }
     let mut table = KeyTable::with_slots(slots);
     let mut repeated = false;
+    let client_count = reg.clients.len();
     r.groups(keys, |g| {
         let id = g.bytes::<16>()?;
-        repeated |= table.insert(id, g.varint()?).is_err();
+        let client = g.varint()?;
+        if client as usize >= client_count {
+            return Err("a key points to no client".into());
+        }
+        repeated |= table.insert(id, client).is_err();
         Ok(())
     })?;
     if repeated {
@@ -950,6 +966,31 @@ mod tests {
         for key in ["k1", "k2", "k3"] {
             assert!(!text.contains(&format!("\"{key}\"")), "{key}");
         }
+    }
+
+    #[test]
+    fn a_chain_repeating_one_policy_many_times_compiles_and_reads_back() {
+        let policy = serde_json::json!({"policy": "simple-header", "config": {"addHeaders": [
+            {"headerName": "X-Seen", "headerValue": "1", "applyTo": "Request"}]}});
+        let text = serde_json::json!({
+            "plans": [{"planId": "gold", "policies": vec![policy; 70]}],
+            "apis": [{"organizationId": "o", "apiId": "a", "version": "1", "endpoint": "http://h:1/"}],
+            "clients": [{"organizationId": "o", "clientId": "c", "version": "1", "apiKey": "k1",
+                "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "gold"}]}]
+        })
+        .to_string();
+        let (image, _) = compile(text.as_bytes()).unwrap();
+        let delivered = read_pieces(vec![image], &crate::config::no_env).unwrap();
+        assert_eq!(
+            describe(&delivered),
+            describe(&load(&text, &crate::config::no_env))
+        );
+    }
+
+    #[test]
+    fn json_is_never_taken_for_an_image() {
+        let looks_like = br#"{  "tollgate-registry-image/2": 1}"#;
+        assert!(!is_image(looks_like));
     }
 
     #[test]
