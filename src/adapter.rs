@@ -425,6 +425,25 @@ struct Root {
 
 impl Context for Root {}
 
+impl Root {
+    /// Serves `registry` from now on.
+    fn serve(&mut self, registry: Registry) {
+        // Stats are handed to Envoy on the tick, and policies may sweep on it.
+        self.set_tick_period(TICK);
+        self.registry = Some(Rc::new(registry));
+    }
+
+    /// Serves a registry read from an image, with the load log line saying which image.
+    fn serve_image(&mut self, registry: Registry, ms: u64, image: &str) {
+        log::info!(
+            "loaded {} APIs and {} clients in {ms} ms ({image})",
+            registry.apis().len(),
+            registry.client_count(),
+        );
+        self.serve(registry);
+    }
+}
+
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
         init_logging();
@@ -447,14 +466,11 @@ impl RootContext for Root {
         if let Some(delivered) = image::delivered(size, &env) {
             return match delivered {
                 Ok(registry) => {
-                    log::info!(
-                        "loaded {} APIs and {} clients in {} ms (a registry image compiled by tollgate-gen)",
-                        registry.apis().len(),
-                        registry.client_count(),
-                        took()
+                    self.serve_image(
+                        registry,
+                        took(),
+                        "a registry image compiled by tollgate-gen",
                     );
-                    self.set_tick_period(TICK);
-                    self.registry = Some(Rc::new(registry));
                     true
                 }
                 Err(why) => {
@@ -471,14 +487,12 @@ impl RootContext for Root {
         if let Some(key) = &image {
             match image::adopt(key, &env) {
                 Some(Ok(registry)) => {
-                    log::info!(
-                        "loaded {} APIs and {} clients in {} ms (the registry image another VM compiled from this configuration)",
-                        registry.apis().len(),
-                        registry.client_count(),
-                        took()
+                    let ms = took();
+                    self.serve_image(
+                        registry,
+                        ms,
+                        "the registry image another VM compiled from this configuration",
                     );
-                    self.set_tick_period(TICK);
-                    self.registry = Some(Rc::new(registry));
                     return true;
                 }
                 Some(Err(why)) => log::info!("registry image not used: {why}"),
@@ -512,9 +526,7 @@ impl RootContext for Root {
                         Err(why) => log::warn!("registry image not written: {why}"),
                     }
                 }
-                // Stats are handed to Envoy on the tick, and policies may sweep on it.
-                self.set_tick_period(TICK);
-                self.registry = Some(Rc::new(loaded.registry));
+                self.serve(loaded.registry);
                 true
             }
             Err(errors) => {

@@ -783,22 +783,35 @@ fn an_https_call_out_without_a_truststore_is_refused() {
     );
 }
 
-/// Generates a plain-HTTP gateway from `registry` YAML and returns its envoy.yaml.
-fn plain_gateway(label: &str, registry: &str) -> String {
+/// Generates a plain-HTTP gateway from `registry` YAML into a scratch directory and hands the
+/// outcome and that directory to `read` (the directory is removed afterwards).
+fn generated<T>(
+    label: &str,
+    registry: &str,
+    registry_image: bool,
+    read: impl FnOnce(Result<Generated, Vec<String>>, &Path) -> T,
+) -> T {
     let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
     let def = definition::read(&format!("registry:\n{registry}")).unwrap();
     let options = Options {
         stores_dir: out.join("stores"),
         out_dir: out.clone(),
         check_only: false,
-        registry_image: false,
+        registry_image,
     };
-    generate(&def, "test.yaml", &options).unwrap();
-    // The bootstrap and the registry, which lives in its own file.
-    let yaml = std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
-        + &std::fs::read_to_string(out.join("dynamic/registry.yaml")).unwrap();
+    let result = read(generate(&def, "test.yaml", &options), &out);
     let _ = std::fs::remove_dir_all(out);
-    yaml
+    result
+}
+
+/// Generates a plain-HTTP gateway from `registry` YAML and returns its envoy.yaml.
+fn plain_gateway(label: &str, registry: &str) -> String {
+    generated(label, registry, false, |generated, out| {
+        generated.unwrap();
+        // The bootstrap and the registry, which lives in its own file.
+        std::fs::read_to_string(out.join("envoy.yaml")).unwrap()
+            + &std::fs::read_to_string(out.join("dynamic/registry.yaml")).unwrap()
+    })
 }
 
 #[test]
@@ -895,22 +908,14 @@ fn contracts_that_disagree_on_the_connect_timeout_get_the_longest_with_a_warning
 
 /// Generates a plain-HTTP gateway from `registry` YAML with `--registry-image`.
 fn imaged_gateway(label: &str, registry: &str) -> Result<(String, Vec<u8>), Vec<String>> {
-    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
-    let def = definition::read(&format!("registry:\n{registry}")).unwrap();
-    let options = Options {
-        stores_dir: out.join("stores"),
-        out_dir: out.clone(),
-        check_only: false,
-        registry_image: true,
-    };
-    let generated = generate(&def, "test.yaml", &options).map(|_| {
-        (
-            std::fs::read_to_string(out.join("envoy.yaml")).unwrap(),
-            std::fs::read(out.join("dynamic/registry.pb")).unwrap(),
-        )
-    });
-    let _ = std::fs::remove_dir_all(out);
-    generated
+    generated(label, registry, true, |generated, out| {
+        generated.map(|_| {
+            (
+                std::fs::read_to_string(out.join("envoy.yaml")).unwrap(),
+                std::fs::read(out.join("dynamic/registry.pb")).unwrap(),
+            )
+        })
+    })
 }
 
 const KEYED: &str = "  apis:\n  - {organizationId: t, apiId: a, version: '1', endpoint: 'http://a.test/'}\n  clients:\n  - {organizationId: t, clientId: c, version: '1', apiKey: 'the-secret-key', contracts: [{apiOrgId: t, apiId: a, apiVersion: '1', policies: [{policyImpl: 'class:io.apiman.gateway.engine.policies.IPWhitelistPolicy', policyJsonConfig: '{\"ipList\":[\"NET\"]}'}]}]}\n";
