@@ -282,6 +282,8 @@ pub struct Registry {
     tickers: Vec<Rc<dyn Policy>>,
     /// What the registry's image needs, until it is written (see `image`).
     recipe: Option<Box<image::Recipe>>,
+    /// Some policy verifies JWT signatures: the registry needs `tollgate.wasm`.
+    verifies_jwt: bool,
 }
 
 /// FNV-1a. The registry's maps are built once from configuration and only read per request,
@@ -370,6 +372,11 @@ impl Registry {
     /// The services policies call (each once), with the cluster each call goes through.
     pub fn call_targets(&self) -> &[CallTarget] {
         &self.call_targets
+    }
+
+    /// Whether a policy verifies JWT signatures, which `tollgate-lite.wasm` cannot run.
+    pub fn verifies_jwt(&self) -> bool {
+        self.verifies_jwt
     }
 
     /// Policies that want `on_tick`.
@@ -812,6 +819,8 @@ impl<'a> Builder<'a> {
     pub fn finish(mut self, problems: &mut Problems) -> Option<Registry> {
         self.registry.call_targets = self.compiler.call_targets;
         self.registry.tickers = self.compiler.tickers;
+        self.registry.verifies_jwt =
+            (self.compiler.specs.iter()).any(|(_, s)| s.kind.capabilities.verifies_jwt);
         self.registry.client_ids.shrink_to_fit();
         if let Some(head) = self.recipe_head {
             self.registry.recipe = Some(Box::new(image::Recipe {

@@ -153,6 +153,7 @@ fn main() -> ExitCode {
                     c.apis.join(", ")
                 );
             }
+            eprintln!("filter module: {}", generated.module);
             if !generated.env_vars.is_empty() {
                 eprintln!(
                     "note: start Envoy with {} set (keystore passwords)",

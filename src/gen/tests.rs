@@ -942,3 +942,77 @@ fn a_registry_that_reads_the_environment_is_not_delivered_as_an_image() {
         "{errors:?}"
     );
 }
+
+/// A keyless definition for the filter module `wasm` (and `extra` top-level YAML), whose one
+/// API runs `policy`.
+fn module_definition(wasm: &str, extra: &str, policy: &str) -> Definition {
+    let yaml = format!(
+        "wasm: {wasm}\n{extra}registry:\n  apis:\n  - {{organizationId: t, apiId: a, version: '1', publicAPI: true, endpoint: 'http://127.0.0.1:8080/', apiPolicies: [{policy}]}}\n"
+    );
+    let def = definition::read(&yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
+    assert!(def.problems.is_empty(), "{:?}\n{yaml}", def.problems);
+    def
+}
+
+/// A directory holding empty `tollgate.wasm` and `tollgate-lite.wasm` files.
+fn modules_dir(label: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tollgate.wasm", "tollgate-lite.wasm"] {
+        std::fs::write(dir.join(f), b"").unwrap();
+    }
+    format!("{}/", dir.display())
+}
+
+const HEADER_POLICY: &str =
+    "{policy: simple-header, config: {addHeaders: [{headerName: X-A, headerValue: '1'}]}}";
+const JWT_POLICY: &str = "{policy: jwt, config: {signingKeyString: c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA, algorithms: [HS256]}}";
+
+#[test]
+fn a_registry_without_jwt_policies_gets_the_lite_module_beside_wasm() {
+    let dir = modules_dir("lite");
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", HEADER_POLICY);
+    assert_eq!(
+        check(&def).unwrap().module,
+        format!("{dir}tollgate-lite.wasm")
+    );
+}
+
+#[test]
+fn a_registry_with_a_jwt_policy_gets_the_full_module() {
+    let dir = modules_dir("full");
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", JWT_POLICY);
+    assert_eq!(check(&def).unwrap().module, format!("{dir}tollgate.wasm"));
+}
+
+#[test]
+fn the_full_module_is_named_when_the_lite_module_is_missing() {
+    let dir = modules_dir("missing");
+    std::fs::remove_file(format!("{dir}tollgate-lite.wasm")).unwrap();
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", HEADER_POLICY);
+    assert_eq!(check(&def).unwrap().module, format!("{dir}tollgate.wasm"));
+}
+
+#[test]
+fn an_empty_wasm_lite_always_names_wasm() {
+    let dir = modules_dir("none");
+    let def = module_definition(
+        &format!("{dir}tollgate.wasm"),
+        "wasmLite: ''\n",
+        HEADER_POLICY,
+    );
+    assert_eq!(def.wasm_lite, None);
+    assert_eq!(check(&def).unwrap().module, format!("{dir}tollgate.wasm"));
+}
+
+#[test]
+fn a_module_of_another_name_has_no_lite_module_unless_one_is_named() {
+    let def = module_definition("/opt/gw/filter.wasm", "", HEADER_POLICY);
+    assert_eq!(def.wasm_lite, None);
+    let def = module_definition(
+        "/opt/gw/filter.wasm",
+        "wasmLite: /opt/gw/lite.wasm\n",
+        HEADER_POLICY,
+    );
+    assert_eq!(def.wasm_lite.as_deref(), Some("/opt/gw/lite.wasm"));
+}

@@ -335,8 +335,9 @@ fn written(generated: &Generated) -> String {
 fn report(generated: &Generated, when: &str) {
     warn(generated);
     log(&format!(
-        "{when}: {} clusters; {}",
+        "{when}: {} clusters, module {}; {}",
         generated.clusters.len(),
+        generated.module,
         written(generated)
     ));
 }

@@ -26,6 +26,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"requestHeader": "X-Backend-Key"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -69,6 +69,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "multiMatch": "all", "requestUnmatched": "fail"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

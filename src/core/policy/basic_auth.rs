@@ -155,6 +155,7 @@ pub const KIND: PolicyKind = PolicyKind {
                     "password": "{SSHA512}k+U8fd3EuFLE+wZcpIQVGRo/TsNgAlrA15RH0LWMZiS/C4GgUiHui7QPzQ8Qy5JlXF59M86nN8u2DyJANZ3B4HRvbGxnYXRl"}]}}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

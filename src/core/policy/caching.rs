@@ -131,6 +131,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "statusCodes": ["200"], "includeQueryInKey": true, "maxEntries": 1024, "maxEntrySize": 131072}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| build(cx, f, problems).map(|p| Box::new(p) as _),
 };

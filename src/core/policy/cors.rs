@@ -94,6 +94,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "allowMethods": ["GET", "POST"], "maxAge": 600, "errorOnCorsFailure": true}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: true,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -104,6 +104,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "principalHeader": "x-auth-user", "rolesHeader": "x-auth-roles", "failureMode": "closed"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| build(cx, f, problems).map(|p| Box::new(p) as _),
 };

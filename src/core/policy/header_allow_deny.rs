@@ -81,6 +81,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"entries": [{"headerName": "X-Tenant", "allowIfHeaderMissing": false, "allowIfNoRulesMatch": false, "rules": [{"headerValueRegex": "acme|globex", "allowRequest": true}]}]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -112,6 +112,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "contentSecurityPolicy": {"mode": "ENABLED", "csp": "default-src 'self'"}}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

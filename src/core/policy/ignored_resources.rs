@@ -57,6 +57,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"rules": [{"verb": "*", "pathPattern": "/internal/.*"}, {"verb": "DELETE", "pathPattern": "/orders/.*"}], "pathsToIgnore": ["/admin.*"]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -24,6 +24,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"ipList": ["10.0.0.0/8", "192.168.1.5-192.168.1.9"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| {
         ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpAllowlist { config }) as _)

@@ -25,6 +25,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"ipList": ["203.0.113.0/24", "2001:db8::/32"], "responseCode": 403, "httpHeader": "X-Forwarded-For"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| {
         ip_list::parse_config(cx, f, problems).map(|config| Box::new(IpBlocklist { config }) as _)

@@ -168,8 +168,12 @@ pub const KIND: PolicyKind = PolicyKind {
                  "tokenCacheSize": 10000, "tokenCacheSeconds": 600}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: true,
     },
+    #[cfg(feature = "jwt")]
     build: |cx, f, problems| build(cx, f, problems).map(|p| Box::new(p) as _),
+    #[cfg(not(feature = "jwt"))]
+    build: super::without_jwt,
 };
 
 pub const MISSING_ROLE: u32 = 11001;

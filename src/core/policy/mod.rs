@@ -28,9 +28,14 @@ pub mod ignored_resources;
 pub mod ip_allowlist;
 pub mod ip_blocklist;
 pub mod ip_list;
+// Without the `jwt` feature (tollgate-lite.wasm) nothing reaches the JWT-signature policies'
+// code, which the linker then leaves out.
+#[cfg_attr(not(feature = "jwt"), allow(dead_code, unused_imports))]
 pub mod jose;
 pub mod jsonp;
+#[cfg_attr(not(feature = "jwt"), allow(dead_code, unused_imports))]
 pub mod jwt;
+#[cfg_attr(not(feature = "jwt"), allow(dead_code, unused_imports))]
 pub mod keycloak_oauth;
 mod limits;
 pub mod quota;
@@ -606,6 +611,9 @@ pub struct Capabilities {
     /// Answers a keyless CORS preflight to a private API (browsers never send the API key on a
     /// preflight): the API's policies of such kinds run for it instead of a 403.
     pub answers_keyless_preflight: bool,
+    /// Verifies JWT signatures: only in `tollgate.wasm`, never in `tollgate-lite.wasm` (tollgate-gen
+    /// picks the module by it).
+    pub verifies_jwt: bool,
 }
 
 /// Everything tollgate knows about one policy kind.
@@ -658,6 +666,21 @@ pub const KINDS: &[PolicyKind] = &[
     quota::KIND,
     transfer_quota::KIND,
 ];
+
+/// The build of the JWT-signature policies (JWT, Keycloak OAuth) in a module without them
+/// (`tollgate-lite.wasm`): the configuration is refused, never run without its check.
+#[cfg(not(feature = "jwt"))]
+fn without_jwt(
+    _: &mut BuildContext,
+    f: &mut Fields,
+    problems: &mut Problems,
+) -> Option<Box<dyn Policy>> {
+    problems.error(
+        f.path(),
+        "this policy verifies JWT signatures, which tollgate-lite.wasm leaves out: load tollgate.wasm",
+    );
+    None
+}
 
 fn named(id: &str, names: &[&str], name: &str) -> bool {
     id.eq_ignore_ascii_case(name) || names.iter().any(|n| n.eq_ignore_ascii_case(name))

@@ -31,6 +31,7 @@ pub const KIND: PolicyKind = PolicyKind {
                                       "failureMode": "closed"}}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| {
         limits::build_rate_limit(&QUOTA, cx, f, problems).map(|p| Box::new(p) as _)

@@ -121,6 +121,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "stripHeaders": [{"stripType": "Key", "with": "Regex", "pattern": "x-internal-.*", "applyTo": "Response"}]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| build(cx, f, problems).map(|p| Box::new(p) as _),
 };

@@ -104,6 +104,7 @@ pub const KIND: PolicyKind = PolicyKind {
         {"pathPattern": "/batch/.*", "timeStart": "22:00", "timeEnd": "06:00", "dayStart": 6, "dayEnd": 1}]}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -51,6 +51,7 @@ pub const KIND: PolicyKind = PolicyKind {
     example: r#"{"timeoutConnect": "2000", "timeoutRead": "5000"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

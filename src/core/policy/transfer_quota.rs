@@ -40,6 +40,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "headerRemaining": "X-TransferQuota-Remaining", "headerReset": "X-TransferQuota-Reset"}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |cx, f, problems| {
         let config = limits::parse_config(f, &TRANSFER_QUOTA, problems);

@@ -95,6 +95,7 @@ pub const KIND: PolicyKind = PolicyKind {
                  "processResponseBody": true, "maxBodySize": 262144}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
+        verifies_jwt: false,
     },
     build: |_, f, problems| build(f, problems).map(|p| Box::new(p) as _),
 };

@@ -52,10 +52,36 @@ pub fn wasm_path() -> Result<PathBuf, String> {
     }
 }
 
+/// The filter without the JWT-signature policies: `$TOLLGATE_WASM_LITE`, else the release
+/// build beside `tollgate.wasm` (scripts/lib.sh's `build_wasm` makes both).
+pub fn wasm_lite_path() -> Result<PathBuf, String> {
+    let p = std::env::var("TOLLGATE_WASM_LITE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/tollgate-lite.wasm"));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found (scripts/lib.sh's build_wasm: cargo build --release --target wasm32-wasip1 -p tollgate-lite, then wasm-opt)",
+            p.display()
+        ))
+    }
+}
+
+/// `yaml` (from `gateway_yaml`) loading `tollgate-lite.wasm` instead of `tollgate.wasm`.
+pub fn with_lite_module(yaml: &str) -> Result<String, String> {
+    let full = wasm_path()?.display().to_string();
+    let lite = wasm_lite_path()?.display().to_string();
+    if !yaml.contains(&full) {
+        return Err(format!("the configuration does not load {full}"));
+    }
+    Ok(yaml.replace(&full, &lite))
+}
+
 /// True when the end-to-end prerequisites exist; tests skip with a message otherwise, and
 /// `scripts/test` sets `TOLLGATE_E2E=1` so that a missing prerequisite fails instead.
 pub fn e2e_available() -> bool {
-    let ok = envoy_binary().is_ok() && wasm_path().is_ok();
+    let ok = envoy_binary().is_ok() && wasm_path().is_ok() && wasm_lite_path().is_ok();
     if !ok && std::env::var("TOLLGATE_E2E").is_ok_and(|v| v == "1") {
         // Required but missing: make the test fail loudly.
         return true;

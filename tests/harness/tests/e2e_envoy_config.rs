@@ -45,6 +45,26 @@ fn an_invalid_config_stops_envoy_with_the_json_path_and_problem() {
 }
 
 #[test]
+fn the_lite_module_refuses_a_jwt_policy_at_startup_naming_the_module_that_has_it() {
+    if !live::e2e_available() {
+        return;
+    }
+    let config = r#"{"apis": [{"organizationId": "o", "apiId": "a", "version": "1", "endpoint": "http://x",
+        "apiPolicies": [{"policy": "jwt", "config": {"signingKeyString": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0", "algorithms": ["HS256"]}}]}]}"#;
+    let yaml = live::gateway_yaml(config, &[Cluster::plain("x", 1)]).unwrap();
+    // The same configuration starts with tollgate.wasm.
+    drop(Envoy::start(&yaml, 1).unwrap());
+    let error = match Envoy::start(&live::with_lite_module(&yaml).unwrap(), 1) {
+        Ok(_) => panic!("tollgate-lite.wasm started with a JWT policy"),
+        Err(e) => e,
+    };
+    assert!(
+        error.contains("apis[0].apiPolicies[0] (jwt): this policy verifies JWT signatures, which tollgate-lite.wasm leaves out: load tollgate.wasm"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_demo_gateway_answers_as_the_readme_says() {
     if !live::e2e_available() {
         return;
