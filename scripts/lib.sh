@@ -93,7 +93,8 @@ optimize_wasm() {
   local in=$1 out=$2
   local kept="$out.optimized" stamp="$out.opt-sha256"
   [ -f "$in" ] || return 0
-  if [ -f "$kept" ] && [ -f "$out" ] && cmp -s "$kept" "$out"; then return 0; fi
+  # Optimized in place, and cargo has not put its link back since.
+  if [ "$in" = "$out" ] && [ -f "$kept" ] && cmp -s "$kept" "$out"; then return 0; fi
   local built; built=$(sha256sum < "$in")
   if ! { [ -f "$kept" ] && [ -f "$stamp" ] && [ "$built" = "$(cat "$stamp")" ]; }; then
     if ! command -v wasm-opt >/dev/null; then

@@ -134,11 +134,13 @@ impl Interner {
 /// The first 128 bits of a key's SHA-256: the key index's key.
 type KeyId = [u8; 16];
 
-/// Key id → client index: one flat open-addressing table (linear probing, a power of two of
-/// 20-byte slots, at most 7/8 full). A slot is the key id and the client index (little-endian),
-/// `EMPTY` for none. Key ids are digests, so their first 8 bytes place them uniformly without
-/// hashing again; requests cannot add keys. A registry image lists the keys in slot order, so
-/// a VM adopting one fills its table of the same size front to back.
+/// Key id → client index: one flat open-addressing table (linear probing, at most 7/8 full, any
+/// multiple of 8 slots: a 1M-key table is 23 MB, where a power of two would be 42). A slot is the
+/// key id and the client index + 1 (little-endian), 0 for an empty slot, so a new table is
+/// zeroed memory that nothing has to write. Key ids are digests, so their first 8 bytes place
+/// them uniformly (scaled to the table by a multiply, no division) without hashing again;
+/// requests cannot add keys. A registry image lists the keys in slot order, so a VM adopting
+/// one fills its table of the same size front to back.
 #[derive(Default)]
 pub struct KeyTable {
     slots: Vec<u8>,
@@ -146,7 +148,6 @@ pub struct KeyTable {
 }
 
 const SLOT: usize = 20;
-const EMPTY: u32 = u32::MAX;
 
 impl KeyTable {
     fn capacity(&self) -> usize {
@@ -155,51 +156,46 @@ impl KeyTable {
 
     /// The number of slots for `n` keys.
     fn slots_for(n: usize) -> usize {
-        (n.saturating_mul(8) / 7 + 1).next_power_of_two().max(8)
+        ((n.saturating_mul(8) / 7 + 1).max(8)).saturating_add(7) & !7
     }
 
     fn with_slots(slots: usize) -> KeyTable {
-        let mut bytes = vec![0u8; slots * SLOT];
-        for slot in bytes.chunks_exact_mut(SLOT) {
-            slot[16..].copy_from_slice(&EMPTY.to_le_bytes());
-        }
         KeyTable {
-            slots: bytes,
+            slots: vec![0u8; slots * SLOT],
             len: 0,
         }
     }
 
-    fn client_at(slot: &[u8]) -> u32 {
+    /// The client index of a slot; `None` for an empty one.
+    fn client_at(slot: &[u8]) -> Option<u32> {
         let mut c = [0u8; 4];
         c.copy_from_slice(&slot[16..SLOT]);
-        u32::from_le_bytes(c)
+        u32::from_le_bytes(c).checked_sub(1)
     }
 
     /// The slot `id` is in, or the empty slot where it would go; `None` if the table is full
     /// (only a damaged image could make it so).
     fn find(&self, id: &KeyId) -> Option<usize> {
         let cap = self.capacity();
-        if cap == 0 {
-            return None;
-        }
         let mut start = [0u8; 8];
         start.copy_from_slice(&id[..8]);
-        let mut i = u64::from_le_bytes(start) as usize & (cap - 1);
+        let mut i = ((u128::from(u64::from_le_bytes(start)) * cap as u128) >> 64) as usize;
         for _ in 0..cap {
             let slot = &self.slots[i * SLOT..(i + 1) * SLOT];
-            if Self::client_at(slot) == EMPTY || slot[..16] == id[..] {
+            if Self::client_at(slot).is_none() || slot[..16] == id[..] {
                 return Some(i);
             }
-            i = (i + 1) & (cap - 1);
+            i += 1;
+            if i == cap {
+                i = 0;
+            }
         }
         None
     }
 
     pub fn get(&self, id: &KeyId) -> Option<u32> {
         let i = self.find(id)?;
-        let slot = self.slots.get(i * SLOT..(i + 1) * SLOT)?;
-        let client = Self::client_at(slot);
-        (client != EMPTY).then_some(client)
+        Self::client_at(self.slots.get(i * SLOT..(i + 1) * SLOT)?)
     }
 
     /// Makes room for `n` more keys at once.
@@ -220,21 +216,22 @@ impl KeyTable {
         }
     }
 
-    /// Adds `id` for `client`; `Err` with the client that already has it.
+    /// Adds `id` for `client`; `Err` with the client that already has it (`u32::MAX` when it
+    /// cannot be added: a client index of `u32::MAX`, or a full table, never from a load).
     pub fn insert(&mut self, id: KeyId, client: u32) -> Result<(), u32> {
         if Self::slots_for(self.len + 1) > self.capacity() {
             // Doubling keeps the table at most 7/8 full (and never more than twice the room
             // its keys need, which is what an image's reader accepts).
             self.rehash((self.capacity() * 2).max(8));
         }
-        let i = self.find(&id).ok_or(EMPTY)?;
+        let stored = client.checked_add(1).ok_or(u32::MAX)?;
+        let i = self.find(&id).ok_or(u32::MAX)?;
         let slot = &mut self.slots[i * SLOT..(i + 1) * SLOT];
-        let existing = Self::client_at(slot);
-        if existing != EMPTY {
+        if let Some(existing) = Self::client_at(slot) {
             return Err(existing);
         }
         slot[..16].copy_from_slice(&id);
-        slot[16..].copy_from_slice(&client.to_le_bytes());
+        slot[16..].copy_from_slice(&stored.to_le_bytes());
         self.len += 1;
         Ok(())
     }
@@ -247,17 +244,10 @@ impl KeyTable {
         self.len == 0
     }
 
-    /// The client indexes of the keys held.
-    fn clients(&self) -> impl Iterator<Item = u32> + '_ {
-        self.entries().map(|(_, c)| c)
-    }
-
     /// The keys held and their clients, in slot order.
     fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
-        self.slots
-            .chunks_exact(SLOT)
-            .map(|slot| (&slot[..16], Self::client_at(slot)))
-            .filter(|&(_, c)| c != EMPTY)
+        (self.slots.chunks_exact(SLOT))
+            .filter_map(|slot| Some((&slot[..16], Self::client_at(slot)?)))
     }
 }
 
@@ -995,6 +985,24 @@ mod tests {
         assert_eq!(t.insert(id(1), 9), Err(7));
         assert_eq!(t.get(&id(1)), Some(7));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_key_table_for_a_million_keys_takes_23_mb_not_a_power_of_two() {
+        let slots = KeyTable::slots_for(1_000_000);
+        assert!(slots * 7 / 8 >= 1_000_000, "more than 7/8 full: {slots}");
+        assert_eq!(slots * SLOT, 22_857_280);
+    }
+
+    #[test]
+    fn a_key_table_holds_client_zero_and_the_largest_client_index() {
+        let mut t = KeyTable::default();
+        t.insert(id(1), 0).unwrap();
+        t.insert(id(2), u32::MAX - 1).unwrap();
+        assert_eq!(t.insert(id(3), u32::MAX), Err(u32::MAX));
+        assert_eq!(t.get(&id(1)), Some(0));
+        assert_eq!(t.get(&id(2)), Some(u32::MAX - 1));
+        assert_eq!(t.get(&id(3)), None);
     }
 
     #[test]
