@@ -622,10 +622,10 @@ pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Regis
             config_field,
             config,
         };
-        let policy = builder
-            .compiler
-            .compile(&spec, &mut problems)
-            .ok_or("a policy does not compile")?;
+        // In a module built without a policy's code (tollgate-lite.wasm), this is where an image
+        // naming it is refused: the problem says which policy and why.
+        let policy = (builder.compiler.compile(&spec, &mut problems))
+            .ok_or_else(|| format!("a policy does not compile: {}", problems.errors.join("; ")))?;
         policies.push(policy);
     }
     let reg = &mut builder.registry;
@@ -872,6 +872,27 @@ mod tests {
         let adopted = read_pieces(pieces, &crate::config::no_env).unwrap();
         assert!(describe(&loaded).contains("k4: 3"), "{}", describe(&loaded));
         assert_eq!(describe(&adopted), describe(&loaded));
+    }
+
+    #[test]
+    fn an_image_whose_policy_does_not_compile_is_refused_naming_the_policy_and_problem() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let mut recipe = loaded.take_recipe().expect("a recipe");
+        let (_, spec) = (recipe.specs.iter_mut())
+            .find(|(_, s)| s.kind.id == "ip-blocklist")
+            .expect("the client's policy");
+        spec.config = serde_json::json!({"ipList": ["not-an-ip"]});
+        let mut pieces = Vec::new();
+        write(&loaded, &recipe, &EnvRecord::default(), &mut |p| {
+            pieces.push(p.to_vec());
+            true
+        })
+        .unwrap();
+        let error = read_pieces(pieces, &crate::config::no_env).err().unwrap();
+        assert!(
+            error.starts_with("a policy does not compile: clients[0].policies[0] (ip-blocklist): \"not-an-ip\" is not an IP"),
+            "{error}"
+        );
     }
 
     #[test]
