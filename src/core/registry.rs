@@ -179,7 +179,9 @@ impl KeyTable {
         let cap = self.capacity();
         let mut start = [0u8; 8];
         start.copy_from_slice(&id[..8]);
-        let mut i = ((u128::from(u64::from_le_bytes(start)) * cap as u128) >> 64) as usize;
+        // The top 32 bits scaled to the table: a 64-bit multiply (native on wasm32, where a
+        // 128-bit one is a call), exact while the table has fewer than 2^32 slots.
+        let mut i = (((u64::from_le_bytes(start) >> 32) * cap as u64) >> 32) as usize;
         for _ in 0..cap {
             let slot = &self.slots[i * SLOT..(i + 1) * SLOT];
             if Self::client_at(slot).is_none() || slot[..16] == id[..] {

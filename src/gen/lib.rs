@@ -149,7 +149,7 @@ pub fn generate(
     let sds_dir_text = sds_dir.display().to_string();
     let dynamic_dir = options.out_dir.join("dynamic");
     let dynamic_dir_text = dynamic_dir.display().to_string();
-    let module = module(def, needs_jwt);
+    let module = module(def, needs_jwt, &mut findings.warnings);
     let render = Render {
         source,
         node: (&def.node.id, &def.node.cluster),
@@ -239,13 +239,26 @@ pub fn generate(
 }
 
 /// The module Envoy loads: `tollgate-lite.wasm` when nothing in the registry needs the JWT code
-/// it leaves out (V8 compiles it ~25% sooner at every start) and it is there, else `wasm`. A
-/// registry that gains such a policy switches back on the next generation.
-fn module(def: &Definition, needs_jwt: bool) -> String {
-    match &def.wasm_lite {
-        Some(lite) if !needs_jwt && Path::new(lite).is_file() => lite.clone(),
-        _ => def.wasm.clone(),
+/// it leaves out (V8 compiles it ~25% sooner at every start) and it is there, built from this
+/// tollgate-gen's source (a lite module left over from an older build would run old code, and
+/// refuse this gen's registry images), else `wasm`. A registry that gains such a policy
+/// switches back on the next generation.
+fn module(def: &Definition, needs_jwt: bool, warnings: &mut Vec<String>) -> String {
+    let Some(lite) = def.wasm_lite.as_ref().filter(|_| !needs_jwt) else {
+        return def.wasm.clone();
+    };
+    let Ok(bytes) = std::fs::read(lite) else {
+        return def.wasm.clone();
+    };
+    let build = tollgate_core::registry::image::BUILD.as_bytes();
+    if bytes.windows(build.len()).any(|w| w == build) {
+        return lite.clone();
     }
+    warnings.push(format!(
+        "wasmLite: {lite} is not of this tollgate-gen's build (build both modules again: scripts/lib.sh's build_wasm); using {}",
+        def.wasm
+    ));
+    def.wasm.clone()
 }
 
 /// Keystore entries and truststores, inspected (and converted) for Envoy.

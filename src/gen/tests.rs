@@ -954,12 +954,14 @@ fn module_definition(wasm: &str, extra: &str, policy: &str) -> Definition {
     def
 }
 
-/// A directory holding empty `tollgate.wasm` and `tollgate-lite.wasm` files.
+/// A directory holding stand-ins for `tollgate.wasm` and `tollgate-lite.wasm`, built from this
+/// source (they carry its build fingerprint, as the real modules do).
 fn modules_dir(label: &str) -> String {
     let dir = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let module = format!("\0asm...{}...", tollgate_core::registry::image::BUILD);
     for f in ["tollgate.wasm", "tollgate-lite.wasm"] {
-        std::fs::write(dir.join(f), b"").unwrap();
+        std::fs::write(dir.join(f), &module).unwrap();
     }
     format!("{}/", dir.display())
 }
@@ -991,6 +993,27 @@ fn the_full_module_is_named_when_the_lite_module_is_missing() {
     std::fs::remove_file(format!("{dir}tollgate-lite.wasm")).unwrap();
     let def = module_definition(&format!("{dir}tollgate.wasm"), "", HEADER_POLICY);
     assert_eq!(check(&def).unwrap().module, format!("{dir}tollgate.wasm"));
+}
+
+#[test]
+fn a_lite_module_of_another_build_is_not_named_and_gen_says_why() {
+    let dir = modules_dir("stale");
+    std::fs::write(
+        format!("{dir}tollgate-lite.wasm"),
+        "\0asm...0123456789abcdef...",
+    )
+    .unwrap();
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", HEADER_POLICY);
+    let generated = check(&def).unwrap();
+    assert_eq!(generated.module, format!("{dir}tollgate.wasm"));
+    assert!(
+        generated
+            .warnings
+            .iter()
+            .any(|w| w.contains("is not of this tollgate-gen's build")),
+        "{:?}",
+        generated.warnings
+    );
 }
 
 #[test]

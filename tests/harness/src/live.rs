@@ -62,7 +62,7 @@ pub fn wasm_lite_path() -> Result<PathBuf, String> {
         Ok(p)
     } else {
         Err(format!(
-            "{} not found (scripts/lib.sh's build_wasm: cargo build --release --target wasm32-wasip1 -p tollgate-lite, then wasm-opt)",
+            "{} not found (scripts/test builds it, as bash -c 'source scripts/lib.sh && build_wasm' does)",
             p.display()
         ))
     }
