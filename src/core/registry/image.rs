@@ -815,8 +815,13 @@ mod tests {
     /// The image in pieces as the writer hands them over.
     fn image_of(registry: &mut Registry, env: &EnvRecord) -> Vec<Vec<u8>> {
         let recipe = registry.take_recipe().expect("a recipe");
+        written(registry, &recipe, env)
+    }
+
+    /// The image of `registry` as `recipe` describes it, in the writer's pieces.
+    fn written(registry: &Registry, recipe: &Recipe, env: &EnvRecord) -> Vec<Vec<u8>> {
         let mut pieces = Vec::new();
-        write(registry, &recipe, env, &mut |p| {
+        write(registry, recipe, env, &mut |p| {
             pieces.push(p.to_vec());
             true
         })
@@ -882,12 +887,7 @@ mod tests {
             .find(|(_, s)| s.kind.id == "ip-blocklist")
             .expect("the client's policy");
         spec.config = serde_json::json!({"ipList": ["not-an-ip"]});
-        let mut pieces = Vec::new();
-        write(&loaded, &recipe, &EnvRecord::default(), &mut |p| {
-            pieces.push(p.to_vec());
-            true
-        })
-        .unwrap();
+        let pieces = written(&loaded, &recipe, &EnvRecord::default());
         let error = read_pieces(pieces, &crate::config::no_env).err().unwrap();
         assert!(
             error.starts_with("a policy does not compile: clients[0].policies[0] (ip-blocklist): \"not-an-ip\" is not an IP"),

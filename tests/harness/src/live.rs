@@ -39,32 +39,32 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
 
 /// The filter: `$TOLLGATE_WASM`, else the release build.
 pub fn wasm_path() -> Result<PathBuf, String> {
-    let p = std::env::var("TOLLGATE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/tollgate.wasm"));
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "{} not found (cargo build --release --target wasm32-wasip1 -p tollgate)",
-            p.display()
-        ))
-    }
+    module_path(
+        "TOLLGATE_WASM",
+        "tollgate.wasm",
+        "cargo build --release --target wasm32-wasip1 -p tollgate",
+    )
 }
 
 /// The filter without the JWT-signature policies: `$TOLLGATE_WASM_LITE`, else the release
 /// build beside `tollgate.wasm` (scripts/lib.sh's `build_wasm` makes both).
 pub fn wasm_lite_path() -> Result<PathBuf, String> {
-    let p = std::env::var("TOLLGATE_WASM_LITE")
+    module_path(
+        "TOLLGATE_WASM_LITE",
+        "tollgate-lite.wasm",
+        "scripts/test builds it, as bash -c 'source scripts/lib.sh && build_wasm' does",
+    )
+}
+
+/// `$var`, else `file` in the release build's directory; `Err` saying how to build it.
+fn module_path(var: &str, file: &str, how: &str) -> Result<PathBuf, String> {
+    let p = std::env::var(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release/tollgate-lite.wasm"));
+        .unwrap_or_else(|_| repo_root().join("target/wasm32-wasip1/release").join(file));
     if p.exists() {
         Ok(p)
     } else {
-        Err(format!(
-            "{} not found (scripts/test builds it, as bash -c 'source scripts/lib.sh && build_wasm' does)",
-            p.display()
-        ))
+        Err(format!("{} not found ({how})", p.display()))
     }
 }
 
