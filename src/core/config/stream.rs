@@ -67,7 +67,17 @@ impl Section {
 /// own streaming reader takes every byte through a call of its own: in V8 a load of 100,000
 /// clients took 2.4 times as long through it as from memory.)
 pub fn walk<R: std::io::Read>(
-    reader: R,
+    mut reader: R,
+    pass: Pass,
+    sink: &mut dyn FnMut(Item),
+) -> Result<(), String> {
+    walk_from(&mut reader, pass, sink)
+}
+
+/// `walk` through a reader called once per 64 KiB: one copy of the scanner in the module,
+/// however many kinds of reader (the host's configuration, bytes in memory) it serves.
+fn walk_from(
+    reader: &mut dyn std::io::Read,
     pass: Pass,
     sink: &mut dyn FnMut(Item),
 ) -> Result<(), String> {
