@@ -18,7 +18,8 @@
 //! later request on that worker fails until Envoy reloads it). Here an unexpected status is
 //! logged and handled.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -28,10 +29,11 @@ use tollgate_core::exchange::{Exchange, Step};
 use tollgate_core::host::{Host, SharedError};
 use tollgate_core::http::{HeaderMap, HeaderOp, LocalReply};
 use tollgate_core::policy::{Body, CallOut, CallResponse, Phase};
+use tollgate_core::registry::image::Reading;
 use tollgate_core::registry::Registry;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root::new(id)) });
 }}
 
 /// Raw proxy-wasm ABI 0.2.1 imports with statuses returned, not panicked on.
@@ -418,29 +420,208 @@ fn init_logging() {
 /// How often stats are handed to Envoy and policies with periodic work get their tick.
 const TICK: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
+/// While a registry image's tables are read between requests: how often, and for how long at a
+/// time. A slice ends between two record groups (about 64 KiB each) once `SLICE` has passed.
+const SLICE_TICK: Duration = Duration::from_millis(1);
+const SLICE: u64 = 5_000_000;
+
+/// The VM's environment: Envoy's `vm_config.environment_variables` (WASI environ).
+fn vm_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+thread_local! {
+    /// The registries this VM's root contexts serve, by the filter's identity: where a new
+    /// configuration of the same filter finds a registry to serve while it reads its own.
+    static SERVING: RefCell<Vec<(u32, String, Weak<Registry>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The registry the one other root context of this identity serves, if exactly one does
+/// (Envoy asks that filters sharing a VM have distinct names; if two do anyway, neither is
+/// taken for the other's predecessor).
+fn predecessor(identity: &str, me: u32) -> Option<(u32, Rc<Registry>)> {
+    SERVING.with(|serving| {
+        let serving = serving.borrow();
+        let mut same = serving
+            .iter()
+            .filter(|(id, who, _)| *id != me && who == identity)
+            .filter_map(|(id, _, registry)| Some((*id, registry.upgrade()?)));
+        let first = same.next()?;
+        same.next().is_none().then_some(first)
+    })
+}
+
+fn retire(root: u32) {
+    // `try_with`: natively, roots are dropped as the thread ends, maybe after `SERVING` is gone.
+    let _ = SERVING.try_with(|serving| serving.borrow_mut().retain(|(id, _, _)| *id != root));
+}
+
+/// A delivered registry image accepted with its tables still to read. `on_configure` checks the
+/// image whole (its fingerprint) and reads what the configuration is accepted on (settings,
+/// APIs, plans, every distinct policy compiled); the client, contract and key tables are read
+/// later: a VM that never serves (Envoy's validation VM, the main thread's) never reads them,
+/// and a worker taking a live update reads them a slice at a time between requests while the
+/// registry before serves, instead of stalling every request for the whole read.
+struct Pending {
+    reading: Reading<'static>,
+    /// The root context whose registry serves meanwhile, and that registry, held here: Envoy
+    /// deletes the old root context once no stream holds it, which can be long before the
+    /// tables are read. `None`: the first request reads them, as nothing else can serve it.
+    predecessor: Option<(u32, Rc<Registry>)>,
+    /// Time spent reading so far, in ms, and in how many slices.
+    spent: u64,
+    slices: u32,
+}
+
 struct Root {
-    registry: Option<Rc<Registry>>,
+    id: u32,
+    /// This filter's `plugin_name` and `plugin_root_id`: a root context of the same identity
+    /// in this VM is an earlier configuration of the same filter.
+    identity: Option<String>,
+    registry: RefCell<Option<Rc<Registry>>>,
+    pending: RefCell<Option<Pending>>,
 }
 
 impl Context for Root {}
 
+impl Drop for Root {
+    fn drop(&mut self) {
+        retire(self.id);
+    }
+}
+
+fn elapsed_ms(since: Option<u64>) -> u64 {
+    abi::now_nanos()
+        .zip(since)
+        .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000)
+}
+
 impl Root {
+    fn new(id: u32) -> Root {
+        Root {
+            id,
+            identity: None,
+            registry: RefCell::new(None),
+            pending: RefCell::new(None),
+        }
+    }
+
     /// Serves `registry` from now on.
-    fn serve(&mut self, registry: Registry) {
+    fn serve(&self, registry: Registry) {
         // Stats are handed to Envoy on the tick, and policies may sweep on it.
         self.set_tick_period(TICK);
-        self.registry = Some(Rc::new(registry));
+        let registry = Rc::new(registry);
+        if let Some(identity) = &self.identity {
+            SERVING.with(|serving| {
+                let mut serving = serving.borrow_mut();
+                serving.retain(|(id, _, _)| *id != self.id);
+                serving.push((self.id, identity.clone(), Rc::downgrade(&registry)));
+            });
+        }
+        *self.registry.borrow_mut() = Some(registry);
     }
 
     /// Serves a registry read from an image, with the load log line saying which image.
-    fn serve_image(&mut self, registry: Registry, ms: u64, image: &str) {
+    fn serve_image(&self, registry: Registry, ms: u64, image: &str) {
         log::info!(
             "loaded {} APIs and {} clients in {ms} ms ({image})",
             registry.apis().len(),
             registry.client_count(),
         );
         self.serve(registry);
+    }
+
+    /// Takes a delivered image, copied from the host, to read later (see `Pending`); `Err`
+    /// refuses the configuration. Where a registry of this filter already serves in this VM,
+    /// Envoy has checked these very bytes before (its validation VM and the main thread's
+    /// accept or refuse a configuration before any worker gets it), so the image is read
+    /// between requests from its first byte, its fingerprint checked at the end; elsewhere it
+    /// is checked here, and what the configuration is accepted on read.
+    fn defer(
+        &self,
+        mut pieces: std::collections::VecDeque<Vec<u8>>,
+        started: Option<u64>,
+    ) -> Result<(), String> {
+        let predecessor = (self.identity.as_deref()).and_then(|who| predecessor(who, self.id));
+        let first_read = predecessor.is_none();
+        if first_read {
+            tollgate_core::registry::image::sealed(pieces.make_contiguous())?;
+        }
+        let mut reading = Reading::new(&vm_env, Box::new(move || pieces.pop_front()));
+        if first_read {
+            reading.accept()?;
+            log::info!(
+                "registry image accepted in {} ms; its tables are read at the first request",
+                elapsed_ms(started)
+            );
+        } else {
+            log::info!(
+                "registry image taken in {} ms; it is read between requests, the configuration before it serving meanwhile",
+                elapsed_ms(started)
+            );
+            self.set_tick_period(SLICE_TICK);
+        }
+        *self.pending.borrow_mut() = Some(Pending {
+            reading,
+            predecessor,
+            spent: elapsed_ms(started),
+            slices: 0,
+        });
+        Ok(())
+    }
+
+    /// Reads on in the pending image while `more()`; once it is read, serves it.
+    fn read_on(&self, more: &mut dyn FnMut() -> bool) {
+        let mut slot = self.pending.borrow_mut();
+        let Some(pending) = slot.as_mut() else {
+            return;
+        };
+        let started = abi::now_nanos();
+        let step = pending.reading.step(more);
+        pending.spent += elapsed_ms(started);
+        pending.slices += 1;
+        match step {
+            Ok(None) => {}
+            Ok(Some(registry)) => {
+                let done = slot.take();
+                drop(slot);
+                let (spent, slices, predecessor) =
+                    done.map_or((0, 0, None), |p| (p.spent, p.slices, p.predecessor));
+                // The predecessor is superseded: a later configuration of this filter must not
+                // find two registries of its identity and take neither.
+                if let Some((id, _)) = predecessor {
+                    retire(id);
+                }
+                log::info!(
+                    "loaded {} APIs and {} clients in {spent} ms, its tables in {slices} slice{} (a registry image compiled by tollgate-gen)",
+                    registry.apis().len(),
+                    registry.client_count(),
+                    if slices == 1 { "" } else { "s" }
+                );
+                self.serve(registry);
+            }
+            Err(why) => {
+                *slot = None;
+                log::error!(
+                    "the registry image does not read: {why}; requests under this configuration are answered 503 until another is delivered"
+                );
+            }
+        }
+    }
+
+    /// The registry a new request is served with. While the image's tables are read, the
+    /// predecessor's; without one, the request waits for the rest of the tables.
+    fn registry_for_request(&self) -> Option<Rc<Registry>> {
+        if let Some(registry) = self.registry.borrow().as_ref() {
+            return Some(registry.clone());
+        }
+        let meanwhile = (self.pending.borrow().as_ref())
+            .map(|p| p.predecessor.as_ref().map(|(_, r)| r.clone()))?;
+        if meanwhile.is_some() {
+            return meanwhile;
+        }
+        self.read_on(&mut || true);
+        self.registry.borrow().clone()
     }
 }
 
@@ -455,24 +636,21 @@ impl RootContext for Root {
         // The registry is read from the host in chunks, never whole: a wasm VM's memory never
         // shrinks, so a 150 MB registry read at once would stay the VM's size for good.
         let config = tollgate_core::config::ReadDocument(|| HostConfig { offset: 0, size });
-        // The VM's environment is Envoy's `vm_config.environment_variables` (WASI environ).
-        let env = |name: &str| std::env::var(name).ok();
+        let env = vm_env;
         let started = abi::now_nanos();
-        let took = || {
-            abi::now_nanos()
-                .zip(started)
-                .map_or(0, |(end, start)| end.saturating_sub(start) / 1_000_000)
-        };
-        if let Some(delivered) = image::delivered(size, &env) {
-            return match delivered {
-                Ok(registry) => {
-                    self.serve_image(
-                        registry,
-                        took(),
-                        "a registry image compiled by tollgate-gen",
-                    );
-                    true
-                }
+        let took = || elapsed_ms(started);
+        self.identity = (abi::get_property(&["plugin_name"]))
+            .zip(abi::get_property(&["plugin_root_id"]))
+            .map(|(name, root)| {
+                format!(
+                    "{}/{}",
+                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(&root)
+                )
+            });
+        if let Some(pieces) = image::delivered(size) {
+            return match self.defer(pieces, started) {
+                Ok(()) => true,
                 Err(why) => {
                     log::error!("configuration refused: the registry image does not read: {why}");
                     false
@@ -542,8 +720,17 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if self.pending.borrow().is_some() {
+            let until = abi::now_nanos().map(|now| now.saturating_add(SLICE));
+            self.read_on(&mut || {
+                abi::now_nanos()
+                    .zip(until)
+                    .is_none_or(|(now, until)| now < until)
+            });
+            return;
+        }
         crate::stats::flush();
-        let Some(registry) = &self.registry else {
+        let Some(registry) = self.registry.borrow().clone() else {
             return;
         };
         let now = WasmHost.now();
@@ -554,7 +741,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
-            exchange: self.registry.clone().map(Exchange::new),
+            exchange: self.registry_for_request().map(Exchange::new),
             waiting: None,
             waiting_cluster: String::new(),
             request: Direction::default(),
@@ -580,6 +767,7 @@ impl RootContext for Root {
 mod image {
     use super::abi;
     use proxy_wasm::types::BufferType;
+    use std::collections::VecDeque;
     use tollgate_core::config::Env;
     use tollgate_core::host::{CAS_RETRIES, CREATE_CAS};
     use tollgate_core::registry::image::{self, EnvRecord, Fingerprint, Recipe};
@@ -635,23 +823,29 @@ mod image {
         Some(image::read(env, &mut next))
     }
 
-    /// The registry when the configuration is an image compiled by `tollgate-gen
-    /// --registry-image` rather than JSON; `None` when it is JSON.
-    pub fn delivered(size: usize, env: Env) -> Option<Result<Registry, String>> {
+    /// The image's bytes when the configuration is one compiled by `tollgate-gen
+    /// --registry-image` rather than JSON; `None` when it is JSON. The plugin configuration can
+    /// only be read during `on_configure`, so the image is copied into the VM, in the pieces
+    /// the reader frees as it goes.
+    pub fn delivered(size: usize) -> Option<VecDeque<Vec<u8>>> {
         let config = BufferType::PluginConfiguration as u32;
         let start = abi::get_buffer(config, 0, image::IMAGE_MARK.min(size)).ok()?;
         if !image::is_image(&start) {
             return None;
         }
+        let mut pieces = VecDeque::new();
         let mut offset = 0;
-        let mut next = || {
-            let piece = abi::get_buffer(config, offset, image::PIECE.min(size - offset.min(size)))
+        while offset < size {
+            let Some(piece) = abi::get_buffer(config, offset, image::PIECE.min(size - offset))
                 .ok()
-                .filter(|p| !p.is_empty())?;
+                .filter(|p| !p.is_empty())
+            else {
+                break; // what is missing, the reader finds missing
+            };
             offset += piece.len();
-            Some(piece)
-        };
-        Some(image::read(env, &mut next))
+            pieces.push_back(piece);
+        }
+        Some(pieces)
     }
 
     /// Writes the image and lists it; the number of bytes written.

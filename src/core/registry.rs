@@ -166,6 +166,29 @@ impl KeyTable {
         }
     }
 
+    /// The bytes of an empty table of `slots` slots, zeroed `step` bytes at a time as `more()`
+    /// allows (zeroing 23 MB of fresh memory is most of a million keys' table): `Err` with
+    /// what is zeroed so far, to go on with.
+    fn zeroed(
+        slots: usize,
+        mut bytes: Vec<u8>,
+        step: usize,
+        more: &mut dyn FnMut() -> bool,
+    ) -> Result<KeyTable, Vec<u8>> {
+        let size = slots * SLOT;
+        bytes.reserve_exact(size - bytes.len().min(size));
+        while bytes.len() < size {
+            if !more() {
+                return Err(bytes);
+            }
+            bytes.resize((bytes.len() + step).min(size), 0);
+        }
+        Ok(KeyTable {
+            slots: bytes,
+            len: 0,
+        })
+    }
+
     /// The client index of a slot; `None` for an empty one.
     fn client_at(slot: &[u8]) -> Option<u32> {
         let mut c = [0u8; 4];

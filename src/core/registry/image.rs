@@ -394,7 +394,7 @@ impl Writer<'_> {
 struct Reader<'n> {
     buf: Vec<u8>,
     pos: usize,
-    next: &'n mut dyn FnMut() -> Option<Vec<u8>>,
+    next: Box<dyn FnMut() -> Option<Vec<u8>> + 'n>,
     /// The fingerprint of the bytes read before `buf[hashed..]`.
     read: Fingerprint,
     hashed: usize,
@@ -457,32 +457,29 @@ impl Reader<'_> {
         String::from_utf8(s).map_err(|_| "a string is not UTF-8".to_string())
     }
 
-    /// Hands `n` records written by `Writer::groups` to `f`, a group at a time.
-    fn groups(
+    /// Hands the records of the next group written by `Writer::groups` to `f`, at most `left`
+    /// of them; how many it held.
+    fn group(
         &mut self,
-        n: usize,
+        left: usize,
         mut f: impl FnMut(&mut Group) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let mut left = n;
-        while left > 0 {
-            let records = self.u32()? as usize;
-            let len = self.u32()? as usize;
-            if records == 0 || records > left || len > GROUP + MAX_RECORD {
-                return Err("a record group does not fit".into());
-            }
-            let mut group = Group {
-                bytes: self.take(len)?,
-                pos: 0,
-            };
-            for _ in 0..records {
-                f(&mut group)?;
-            }
-            if group.pos != len {
-                return Err("a record group does not end where it should".into());
-            }
-            left -= records;
+    ) -> Result<usize, String> {
+        let records = self.u32()? as usize;
+        let len = self.u32()? as usize;
+        if records == 0 || records > left || len > GROUP + MAX_RECORD {
+            return Err("a record group does not fit".into());
         }
-        Ok(())
+        let mut group = Group {
+            bytes: self.take(len)?,
+            pos: 0,
+        };
+        for _ in 0..records {
+            f(&mut group)?;
+        }
+        if group.pos != len {
+            return Err("a record group does not end where it should".into());
+        }
+        Ok(records)
     }
 
     /// A count, refused past `limit`; what it reserves up front is capped by `room`, so a damaged
@@ -571,164 +568,448 @@ fn room(n: usize) -> usize {
     n.min(1 << 20)
 }
 
+/// Whether the image in `pieces` ends with the fingerprint of the bytes before it, as one read
+/// to its end would find: a VM that reads the tables later (`Reading::step`) checks this first,
+/// so a damaged image is refused when the configuration is, not at the first request.
+pub fn sealed(pieces: &[Vec<u8>]) -> Result<(), String> {
+    let total: usize = pieces.iter().map(Vec::len).sum();
+    let body = total
+        .checked_sub(FINGERPRINT_LEN)
+        .ok_or("the image ends early")?;
+    let mut f = Fingerprint::default();
+    let mut seal = Vec::with_capacity(FINGERPRINT_LEN);
+    let mut at = 0;
+    for piece in pieces {
+        let hashed = body.saturating_sub(at).min(piece.len());
+        f.update(&piece[..hashed]);
+        seal.extend_from_slice(&piece[hashed..]);
+        at += piece.len();
+    }
+    if seal != f.hex().as_bytes() {
+        return Err("its bytes are not the ones written together (changed or damaged)".into());
+    }
+    Ok(())
+}
+
+/// The length of `Fingerprint::hex`.
+const FINGERPRINT_LEN: usize = 32;
+
 /// Builds the registry from an image; `Err` says why it cannot be used (the caller then loads
 /// the configuration instead).
 pub fn read(env: Env, next: &mut dyn FnMut() -> Option<Vec<u8>>) -> Result<Registry, String> {
-    let mut r = Reader {
-        buf: Vec::new(),
-        pos: 0,
-        next,
-        read: Fingerprint::default(),
-        hashed: 0,
-    };
-    let format = r.string()?;
-    if format != FORMAT {
-        return Err(format!(
-            "an image of format {format:?}; this filter reads {FORMAT:?}"
-        ));
-    }
-    let build = r.string()?;
-    if build != BUILD {
-        return Err(format!(
-            "compiled by tollgate build {build}; this filter is build {BUILD} (compile the registry again with the tollgate-gen of this filter's release)"
-        ));
-    }
-    for _ in 0..r.count(MAX_RECORDS)? {
-        let name = r.string()?;
-        let digest = r.take(32)?;
-        if digest != value_digest(&env(&name)) {
-            return Err(format!("environment variable {name} differs"));
+    let mut reading = Reading::new(env, Box::new(next));
+    loop {
+        if let Some(registry) = reading.step(&mut || true)? {
+            return Ok(registry);
         }
     }
-    let head = r.string()?;
-    let mut problems = Problems::default();
-    let mut builder = crate::config::load_head(head.as_bytes(), env, &mut problems)
-        .filter(|_| problems.is_ok())
-        .ok_or("its APIs, plans or settings do not load")?;
-    let mut policies: Vec<Rc<dyn Policy>> = Vec::new();
-    for _ in 0..r.count(MAX_RECORDS)? {
-        let path = r.string()?;
-        let kind = kind_by_name(&r.string()?).ok_or("unknown policy kind")?;
-        let config_field = match r.string()?.as_str() {
-            "config" => "config",
-            "policyJsonConfig" => "policyJsonConfig",
-            _ => return Err("unknown configuration field".into()),
-        };
-        let config: Value =
-            serde_json::from_str(&r.string()?).map_err(|e| format!("a policy spec: {e}"))?;
-        let spec = PolicySpec {
-            path,
-            kind,
-            config_field,
-            config,
-        };
-        // In a module built without a policy's code (tollgate-lite.wasm), this is where an image
-        // naming it is refused: the problem says which policy and why.
-        let policy = (builder.compiler.compile(&spec, &mut problems))
-            .ok_or_else(|| format!("a policy does not compile: {}", problems.errors.join("; ")))?;
-        policies.push(policy);
-    }
-    let reg = &mut builder.registry;
-    let chains = r.count(MAX_RECORDS)?;
-    reg.chains.reserve_exact(room(chains));
-    for _ in 0..chains {
-        let n = r.count(MAX_RECORDS)?;
-        let mut chain = Vec::with_capacity(room(n).min(64));
-        for _ in 0..n {
-            let i = r.u32()? as usize;
-            chain.push(policies.get(i).ok_or("a chain names no policy")?.clone());
+}
+
+/// An image read a slice at a time, so a VM can read it between requests. `accept` reads
+/// everything a configuration is accepted or refused on: the format, the build, the
+/// environment, the gateway, APIs and plans, every distinct policy (compiled), the chains and
+/// the interned strings. `step` reads on for as long as `more()` says (asked between policies,
+/// pieces of the client ids and record groups of about 64 KiB): the client, contract and key
+/// tables, then the closing fingerprint and the index checks.
+pub struct Reading<'e> {
+    r: Reader<'e>,
+    env: Env<'e>,
+    builder: Option<Builder<'e>>,
+    stage: Stage,
+}
+
+/// Where `step` goes on from.
+enum Stage {
+    Head,
+    Policies {
+        left: usize,
+        policies: Vec<Rc<dyn Policy>>,
+    },
+    Chains {
+        policies: Vec<Rc<dyn Policy>>,
+    },
+    ClientIds {
+        left: Option<usize>,
+        ids: Vec<u8>,
+    },
+    Clients {
+        left: usize,
+        id_end: u32,
+        contracts_end: u32,
+        source: u32,
+    },
+    Contracts {
+        left: usize,
+    },
+    KeyTable {
+        keys: usize,
+        slots: usize,
+        zeroed: Vec<u8>,
+    },
+    Keys {
+        left: usize,
+        table: KeyTable,
+        repeated: bool,
+    },
+    End,
+    Check {
+        clients: usize,
+        contracts: usize,
+    },
+    Done,
+}
+
+impl<'e> Reading<'e> {
+    /// Reads nothing yet: `next` hands over the image's bytes, a piece at a time, as it is read.
+    pub fn new(env: Env<'e>, next: Box<dyn FnMut() -> Option<Vec<u8>> + 'e>) -> Reading<'e> {
+        Reading {
+            r: Reader {
+                buf: Vec::new(),
+                pos: 0,
+                next,
+                read: Fingerprint::default(),
+                hashed: 0,
+            },
+            env,
+            builder: None,
+            stage: Stage::Head,
         }
-        reg.chains.push(Chain::new(chain));
     }
-    let strings = r.count(MAX_RECORDS)?;
-    reg.strings.strings.clear();
-    reg.strings.index.clear();
-    for _ in 0..strings {
-        let s = r.string()?;
-        reg.strings.lookup(&s);
+
+    /// Reads on to the tables: what a configuration is accepted or refused on.
+    pub fn accept(&mut self) -> Result<(), String> {
+        self.read_on(&mut || true, true).map(|_| ())
     }
-    if reg.strings.strings.len() != strings {
-        return Err("the interned strings repeat".into());
+
+    /// Reads on while `more()`; the registry once the image is read to its end and checked.
+    /// After an `Err` the reading is over.
+    pub fn step(&mut self, more: &mut dyn FnMut() -> bool) -> Result<Option<Registry>, String> {
+        self.read_on(more, false)
     }
-    reg.client_ids = r.string()?;
-    let clients = r.count(MAX_RECORDS)?;
-    reg.clients.reserve_exact(room(clients));
-    let (mut id_end, mut contracts_end, mut source) = (0u32, 0u32, 0u32);
-    r.groups(clients, |g| {
-        let (org, version, id_len, contract_count) =
-            (g.varint()?, g.varint()?, g.varint()?, g.varint()?);
-        source = source.wrapping_add(g.varint()?);
-        reg.clients.push(ClientRecord {
-            org,
-            version,
-            id_start: id_end,
-            id_len,
-            first_contract: contracts_end,
-            contract_count,
-            source,
-        });
-        // Past u32 only in a damaged image; `check` then refuses the record.
-        id_end = id_end.wrapping_add(id_len);
-        contracts_end = contracts_end.wrapping_add(contract_count);
-        Ok(())
-    })?;
-    let contracts = r.count(MAX_RECORDS)?;
-    reg.contracts.reserve_exact(room(contracts));
-    r.groups(contracts, |g| {
-        reg.contracts.push(ContractRecord {
-            api: g.varint()?,
-            plan: g.varint()?.wrapping_sub(1),
-            chain: g.varint()?,
-        });
-        Ok(())
-    })?;
-    // A client record holds at most one key: more keys than clients is a damaged image (and
-    // must not size the table before any key has arrived).
-    let keys = r.count(reg.clients.len())?;
-    let slots = r.count(MAX_RECORDS)?;
-    // As large as a load makes it: room for every key (or client, as reserved), at most doubled.
-    let most = 2 * KeyTable::slots_for(keys.max(reg.clients.len()));
-    if slots % 8 != 0 || slots < KeyTable::slots_for(keys) || slots > most {
-        return Err("the key table's size does not fit its keys".into());
-    }
-    let mut table = KeyTable::with_slots(slots);
-    let mut repeated = false;
-    let client_count = reg.clients.len();
-    r.groups(keys, |g| {
-        let id = g.bytes::<16>()?;
-        let client = g.varint()?;
-        if client as usize >= client_count {
-            return Err("a key points to no client".into());
+
+    fn read_on(
+        &mut self,
+        more: &mut dyn FnMut() -> bool,
+        to_tables: bool,
+    ) -> Result<Option<Registry>, String> {
+        let result = self.advance(more, to_tables);
+        if result.is_err() {
+            self.stage = Stage::Done;
         }
-        repeated |= table.insert(id, client).is_err();
-        Ok(())
-    })?;
-    if repeated {
-        return Err("a key repeats".into());
+        result
     }
-    reg.keys = table;
-    if r.string()? != "end" {
-        return Err("the image does not end where it should".into());
+
+    fn advance(
+        &mut self,
+        more: &mut dyn FnMut() -> bool,
+        to_tables: bool,
+    ) -> Result<Option<Registry>, String> {
+        let Reading {
+            r,
+            env,
+            builder,
+            stage,
+        } = self;
+        loop {
+            match stage {
+                Stage::Head => {
+                    let format = r.string()?;
+                    if format != FORMAT {
+                        return Err(format!(
+                            "an image of format {format:?}; this filter reads {FORMAT:?}"
+                        ));
+                    }
+                    let build = r.string()?;
+                    if build != BUILD {
+                        return Err(format!(
+                            "compiled by tollgate build {build}; this filter is build {BUILD} (compile the registry again with the tollgate-gen of this filter's release)"
+                        ));
+                    }
+                    for _ in 0..r.count(MAX_RECORDS)? {
+                        let name = r.string()?;
+                        let digest = r.take(32)?;
+                        if digest != value_digest(&env(&name)) {
+                            return Err(format!("environment variable {name} differs"));
+                        }
+                    }
+                    let head = r.string()?;
+                    let mut problems = Problems::default();
+                    *builder = Some(
+                        crate::config::load_head(head.as_bytes(), *env, &mut problems)
+                            .filter(|_| problems.is_ok())
+                            .ok_or("its APIs, plans or settings do not load")?,
+                    );
+                    *stage = Stage::Policies {
+                        left: r.count(MAX_RECORDS)?,
+                        policies: Vec::new(),
+                    };
+                }
+                Stage::Policies { left, policies } => {
+                    let compiler = &mut built(builder)?.compiler;
+                    while *left > 0 {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        let path = r.string()?;
+                        let kind = kind_by_name(&r.string()?).ok_or("unknown policy kind")?;
+                        let config_field = match r.string()?.as_str() {
+                            "config" => "config",
+                            "policyJsonConfig" => "policyJsonConfig",
+                            _ => return Err("unknown configuration field".into()),
+                        };
+                        let config: Value = serde_json::from_str(&r.string()?)
+                            .map_err(|e| format!("a policy spec: {e}"))?;
+                        let spec = PolicySpec {
+                            path,
+                            kind,
+                            config_field,
+                            config,
+                        };
+                        // In a module built without a policy's code (tollgate-lite.wasm), this
+                        // is where an image naming it is refused: the problem says which
+                        // policy and why.
+                        let mut problems = Problems::default();
+                        let policy = compiler.compile(&spec, &mut problems).ok_or_else(|| {
+                            format!("a policy does not compile: {}", problems.errors.join("; "))
+                        })?;
+                        policies.push(policy);
+                        *left -= 1;
+                    }
+                    *stage = Stage::Chains {
+                        policies: std::mem::take(policies),
+                    };
+                }
+                Stage::Chains { policies } => {
+                    let reg = &mut built(builder)?.registry;
+                    let chains = r.count(MAX_RECORDS)?;
+                    reg.chains.reserve_exact(room(chains));
+                    for _ in 0..chains {
+                        let n = r.count(MAX_RECORDS)?;
+                        let mut chain = Vec::with_capacity(room(n).min(64));
+                        for _ in 0..n {
+                            let i = r.u32()? as usize;
+                            chain.push(policies.get(i).ok_or("a chain names no policy")?.clone());
+                        }
+                        reg.chains.push(Chain::new(chain));
+                    }
+                    let strings = r.count(MAX_RECORDS)?;
+                    reg.strings.strings.clear();
+                    reg.strings.index.clear();
+                    for _ in 0..strings {
+                        let s = r.string()?;
+                        reg.strings.lookup(&s);
+                    }
+                    if reg.strings.strings.len() != strings {
+                        return Err("the interned strings repeat".into());
+                    }
+                    *stage = Stage::ClientIds {
+                        left: None,
+                        ids: Vec::new(),
+                    };
+                    if to_tables {
+                        return Ok(None);
+                    }
+                }
+                Stage::ClientIds { left, ids } => {
+                    // One string of every client id (megabytes for a million clients): read a
+                    // piece at a time.
+                    let left = match left {
+                        Some(left) => left,
+                        None => {
+                            let n = r.u32()? as usize;
+                            // All at once (growing would copy megabytes in one slice), but no
+                            // more than a damaged length could make the VM hold for nothing.
+                            ids.reserve_exact(n.min(1 << 26));
+                            left.insert(n)
+                        }
+                    };
+                    while *left > 0 {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        let part = (*left).min(PIECE);
+                        ids.extend_from_slice(r.take(part)?);
+                        *left -= part;
+                    }
+                    let reg = &mut built(builder)?.registry;
+                    reg.client_ids = String::from_utf8(std::mem::take(ids))
+                        .map_err(|_| "a string is not UTF-8".to_string())?;
+                    let left = r.count(MAX_RECORDS)?;
+                    reg.clients.reserve_exact(room(left));
+                    *stage = Stage::Clients {
+                        left,
+                        id_end: 0,
+                        contracts_end: 0,
+                        source: 0,
+                    };
+                }
+                Stage::Clients {
+                    left,
+                    id_end,
+                    contracts_end,
+                    source,
+                } => {
+                    let reg = &mut built(builder)?.registry;
+                    while *left > 0 {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        *left -= r.group(*left, |g| {
+                            let (org, version, id_len, contract_count) =
+                                (g.varint()?, g.varint()?, g.varint()?, g.varint()?);
+                            *source = source.wrapping_add(g.varint()?);
+                            reg.clients.push(ClientRecord {
+                                org,
+                                version,
+                                id_start: *id_end,
+                                id_len,
+                                first_contract: *contracts_end,
+                                contract_count,
+                                source: *source,
+                            });
+                            // Past u32 only in a damaged image; `check` then refuses the record.
+                            *id_end = id_end.wrapping_add(id_len);
+                            *contracts_end = contracts_end.wrapping_add(contract_count);
+                            Ok(())
+                        })?;
+                    }
+                    let left = r.count(MAX_RECORDS)?;
+                    reg.contracts.reserve_exact(room(left));
+                    *stage = Stage::Contracts { left };
+                }
+                Stage::Contracts { left } => {
+                    let reg = &mut built(builder)?.registry;
+                    while *left > 0 {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        *left -= r.group(*left, |g| {
+                            reg.contracts.push(ContractRecord {
+                                api: g.varint()?,
+                                plan: g.varint()?.wrapping_sub(1),
+                                chain: g.varint()?,
+                            });
+                            Ok(())
+                        })?;
+                    }
+                    // A client record holds at most one key: more keys than clients is a
+                    // damaged image (and must not size the table before any key has arrived).
+                    let keys = r.count(reg.clients.len())?;
+                    let slots = r.count(MAX_RECORDS)?;
+                    // As large as a load makes it: room for every key (or client, as
+                    // reserved), at most doubled.
+                    let most = 2 * KeyTable::slots_for(keys.max(reg.clients.len()));
+                    if slots % 8 != 0 || slots < KeyTable::slots_for(keys) || slots > most {
+                        return Err("the key table's size does not fit its keys".into());
+                    }
+                    *stage = Stage::KeyTable {
+                        keys,
+                        slots,
+                        zeroed: Vec::new(),
+                    };
+                }
+                Stage::KeyTable {
+                    keys,
+                    slots,
+                    zeroed,
+                } => {
+                    let bytes = std::mem::take(zeroed);
+                    match KeyTable::zeroed(*slots, bytes, PIECE, more) {
+                        Ok(table) => {
+                            *stage = Stage::Keys {
+                                left: *keys,
+                                table,
+                                repeated: false,
+                            }
+                        }
+                        Err(so_far) => {
+                            *zeroed = so_far;
+                            return Ok(None);
+                        }
+                    }
+                }
+                Stage::Keys {
+                    left,
+                    table,
+                    repeated,
+                } => {
+                    let reg = &mut built(builder)?.registry;
+                    let client_count = reg.clients.len();
+                    while *left > 0 {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        *left -= r.group(*left, |g| {
+                            let id = g.bytes::<16>()?;
+                            let client = g.varint()?;
+                            if client as usize >= client_count {
+                                return Err("a key points to no client".into());
+                            }
+                            *repeated |= table.insert(id, client).is_err();
+                            Ok(())
+                        })?;
+                    }
+                    if *repeated {
+                        return Err("a key repeats".into());
+                    }
+                    reg.keys = std::mem::take(table);
+                    *stage = Stage::End;
+                }
+                Stage::End => {
+                    if r.string()? != "end" {
+                        return Err("the image does not end where it should".into());
+                    }
+                    r.seal();
+                    let read = r.read.hex();
+                    if r.take(read.len())? != read.as_bytes() {
+                        return Err(
+                            "its bytes are not the ones written together (changed or damaged)"
+                                .into(),
+                        );
+                    }
+                    if r.pos < r.buf.len() || (r.next)().is_some_and(|p| !p.is_empty()) {
+                        return Err("bytes follow the image".into());
+                    }
+                    *stage = Stage::Check {
+                        clients: 0,
+                        contracts: 0,
+                    };
+                }
+                Stage::Check { clients, contracts } => {
+                    let reg = &built(builder)?.registry;
+                    while *clients < reg.clients.len() || *contracts < reg.contracts.len() {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        check(reg, clients, contracts)?;
+                    }
+                    *stage = Stage::Done;
+                    let builder = builder.take().ok_or("the image was read already")?;
+                    return builder
+                        .finish(&mut Problems::default())
+                        .map(Some)
+                        .ok_or_else(|| "it does not build".into());
+                }
+                Stage::Done => return Err("the image was read already".into()),
+            }
+        }
     }
-    r.seal();
-    let read = r.read.hex();
-    if r.take(read.len())? != read.as_bytes() {
-        return Err("its bytes are not the ones written together (changed or damaged)".into());
-    }
-    if r.pos < r.buf.len() || (r.next)().is_some_and(|p| !p.is_empty()) {
-        return Err("bytes follow the image".into());
-    }
-    check(reg)?;
+}
+
+fn built<'a, 'e>(builder: &'a mut Option<Builder<'e>>) -> Result<&'a mut Builder<'e>, String> {
     builder
-        .finish(&mut problems)
-        .ok_or_else(|| "it does not build".into())
+        .as_mut()
+        .ok_or_else(|| "the image was read already".to_string())
 }
 
 /// Every index in the tables points inside them, so lookups never fail on an adopted registry
-/// where they would not on a loaded one.
-fn check(reg: &Registry) -> Result<(), String> {
+/// where they would not on a loaded one. Checks the next `CHECKED` clients and contracts from
+/// `clients` and `contracts` on, and moves them past those.
+fn check(reg: &Registry, clients: &mut usize, contracts: &mut usize) -> Result<(), String> {
+    const CHECKED: usize = 1 << 14;
     let strings = reg.strings.strings.len();
-    for c in &reg.clients {
+    let upto = reg.clients.len().min(*clients + CHECKED);
+    for c in reg.clients.get(*clients..upto).unwrap_or_default() {
         // In u64: on wasm32 a damaged start plus length could wrap around in usize.
         let ids_end = u64::from(c.id_start) + u64::from(c.id_len);
         let contracts_end = u64::from(c.first_contract) + u64::from(c.contract_count);
@@ -742,7 +1023,9 @@ fn check(reg: &Registry) -> Result<(), String> {
             return Err("a client record points outside the tables".into());
         }
     }
-    for c in &reg.contracts {
+    *clients = upto;
+    let upto = reg.contracts.len().min(*contracts + CHECKED);
+    for c in reg.contracts.get(*contracts..upto).unwrap_or_default() {
         if c.api as usize >= reg.apis.len()
             || (c.plan != super::NO_PLAN && c.plan as usize >= strings)
             || c.chain as usize >= reg.chains.len()
@@ -750,6 +1033,7 @@ fn check(reg: &Registry) -> Result<(), String> {
             return Err("a contract record points outside the tables".into());
         }
     }
+    *contracts = upto;
     // Keys pointing to no client are refused as they are read.
     Ok(())
 }
@@ -904,6 +1188,84 @@ mod tests {
             let adopted = read_pieces(pieces, &crate::config::no_env).unwrap();
             assert_eq!(describe(&adopted), describe(&loaded), "pieces of {size}");
         }
+    }
+
+    /// `n` clients, each with a key and a contract under the plan `gold`.
+    fn many_clients(n: usize) -> String {
+        let clients: Vec<Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({"organizationId": "o", "clientId": format!("c{i}"),
+                    "version": "1", "apiKey": format!("key-{i}"),
+                    "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": "gold"}]})
+            })
+            .collect();
+        let mut doc: Value = serde_json::from_str(&config()).unwrap();
+        doc["clients"] = Value::Array(clients);
+        doc.to_string()
+    }
+
+    #[test]
+    fn an_image_read_a_record_group_at_a_time_answers_like_one_read_at_once() {
+        let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
+        let mut pieces = image_of(&mut loaded, &EnvRecord::default()).into_iter();
+        let mut reading = Reading::new(&crate::config::no_env, Box::new(move || pieces.next()));
+        reading.accept().unwrap();
+        let (mut steps, mut adopted) = (0, None);
+        while adopted.is_none() {
+            steps += 1;
+            let mut groups = 0;
+            adopted = reading
+                .step(&mut || {
+                    groups += 1;
+                    groups == 1
+                })
+                .unwrap();
+        }
+        // 20,000 clients, contracts and keys take several groups each.
+        assert!(steps > 6, "read in {steps} steps");
+        assert_eq!(describe(&adopted.unwrap()), describe(&loaded));
+        assert_eq!(
+            reading.step(&mut || true).err(),
+            Some("the image was read already".to_string())
+        );
+    }
+
+    #[test]
+    fn a_damaged_table_is_refused_by_the_step_that_reaches_it() {
+        let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
+        let mut whole = image_of(&mut loaded, &EnvRecord::default()).concat();
+        // A byte in the key table, near the end: everything `start` reads is intact.
+        let at = whole.len() - 1000;
+        whole[at] ^= 0x5a;
+        let mut pieces = vec![whole].into_iter();
+        let mut reading = Reading::new(&crate::config::no_env, Box::new(move || pieces.next()));
+        reading.accept().unwrap();
+        let mut outcome = reading.step(&mut || true);
+        assert!(outcome.is_err(), "a damaged image was read");
+        outcome = reading.step(&mut || true);
+        assert_eq!(
+            outcome.err(),
+            Some("the image was read already".to_string())
+        );
+    }
+
+    #[test]
+    fn a_sealed_image_is_told_from_one_with_any_byte_changed_or_cut() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let pieces = image_of(&mut loaded, &EnvRecord::default());
+        assert_eq!(sealed(&pieces), Ok(()));
+        let whole = pieces.concat();
+        for size in [1, 33, 4096] {
+            let cut: Vec<Vec<u8>> = whole.chunks(size).map(<[u8]>::to_vec).collect();
+            assert_eq!(sealed(&cut), Ok(()), "pieces of {size}");
+        }
+        for at in 0..whole.len() {
+            let mut bad = whole.clone();
+            bad[at] ^= 0x01;
+            assert!(sealed(&[bad]).is_err(), "byte {at} changed");
+        }
+        assert!(sealed(&[whole[..whole.len() - 1].to_vec()]).is_err());
+        assert!(sealed(&[]).is_err());
     }
 
     #[test]

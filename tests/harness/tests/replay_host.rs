@@ -255,6 +255,13 @@ fn a_registry_image_compiled_by_tollgate_gen_answers_as_its_json_does() {
         tollgate_core::registry::image::compile(large_registry("one").as_bytes()).unwrap();
     let host = Host::new(HostSettings::default());
     let vm = host.start_vm(&compiled).unwrap();
+    let known = vm
+        .run(
+            StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-one-004321"),
+            |_| ok(),
+        )
+        .unwrap();
+    assert_eq!(known.status, 200, "{known:?}");
     let lines = load_lines(&vm);
     assert!(
         lines
@@ -263,13 +270,6 @@ fn a_registry_image_compiled_by_tollgate_gen_answers_as_its_json_does() {
                 && l.ends_with("(a registry image compiled by tollgate-gen)")),
         "{lines:?}"
     );
-    let known = vm
-        .run(
-            StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", "key-one-004321"),
-            |_| ok(),
-        )
-        .unwrap();
-    assert_eq!(known.status, 200, "{known:?}");
     assert_eq!(backend_header(&known, "x-plan").as_deref(), Some("one"));
     let unknown = vm
         .run(
@@ -284,6 +284,141 @@ fn a_registry_image_compiled_by_tollgate_gen_answers_as_its_json_does() {
         .keys()
         .iter()
         .any(|k| k.starts_with("tollgate.registry-image")));
+}
+
+fn keyed(vm: &tollgate_harness::host::Vm, key: &str) -> StreamResult {
+    vm.run(
+        StreamInput::new("GET", "/t/a/1/x").header("X-API-Key", key),
+        |_| ok(),
+    )
+    .unwrap()
+}
+
+fn compiled(tag: &str) -> Vec<u8> {
+    tollgate_core::registry::image::compile(large_registry(tag).as_bytes())
+        .unwrap()
+        .0
+}
+
+#[test]
+fn a_delivered_image_has_its_tables_read_at_the_first_request_not_before() {
+    let host = Host::new(HostSettings::default());
+    let vm = host.start_vm(&compiled("one")).unwrap();
+    let lines = load_lines(&vm);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("registry image accepted in ")
+                && l.ends_with("; its tables are read at the first request")),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("loaded ")), "{lines:?}");
+    // Ticks do not read them: a VM that never serves (Envoy's validation VM, the main
+    // thread's) never pays for the tables.
+    host.clock().advance(Duration::from_secs(5));
+    vm.exec(|g| g.tick()).unwrap();
+    assert!(!load_lines(&vm).iter().any(|l| l.starts_with("loaded ")));
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let lines = load_lines(&vm);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("loaded 1 APIs and 8000 clients in ")
+                && l.contains(", its tables in 1 slice (")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_live_update_is_served_by_the_registry_before_until_its_tables_are_read() {
+    let host = Host::new(HostSettings::default());
+    let vm = host.start_vm(&compiled("one")).unwrap();
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    // Envoy deletes the old root context as soon as no stream holds it: here, at once.
+    vm.exec(|g| g.reconfigure(&compiled("two")))
+        .unwrap()
+        .unwrap();
+    let lines = load_lines(&vm);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("registry image taken in ")
+                && l.ends_with(
+                    "; it is read between requests, the configuration before it serving meanwhile"
+                )),
+        "{lines:?}"
+    );
+    let before = keyed(&vm, "key-one-000007");
+    assert_eq!(before.status, 200, "{before:?}");
+    assert_eq!(backend_header(&before, "x-plan").as_deref(), Some("one"));
+    assert_eq!(keyed(&vm, "key-two-000007").status, 404);
+    assert_eq!(
+        vm.exec(|g| g.tick_period()).unwrap(),
+        Some(Duration::from_millis(1))
+    );
+    host.clock().advance(Duration::from_millis(1));
+    vm.exec(|g| g.tick()).unwrap();
+    let after = keyed(&vm, "key-two-000007");
+    assert_eq!(after.status, 200, "{after:?}");
+    assert_eq!(backend_header(&after, "x-plan").as_deref(), Some("two"));
+    assert_eq!(keyed(&vm, "key-one-000007").status, 404);
+    // Back to the ordinary tick once the tables are read.
+    assert_eq!(
+        vm.exec(|g| g.tick_period()).unwrap(),
+        Some(Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn a_second_live_update_is_served_by_the_first_while_it_reads() {
+    let host = Host::new(HostSettings::default());
+    let vm = host.start_vm(&compiled("one")).unwrap();
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    vm.exec(|g| g.reconfigure(&compiled("two")))
+        .unwrap()
+        .unwrap();
+    host.clock().advance(Duration::from_millis(1));
+    vm.exec(|g| g.tick()).unwrap();
+    vm.exec(|g| g.reconfigure(&compiled("three")))
+        .unwrap()
+        .unwrap();
+    let meanwhile = keyed(&vm, "key-two-000007");
+    assert_eq!(meanwhile.status, 200, "{meanwhile:?}");
+    assert_eq!(keyed(&vm, "key-three-000007").status, 404);
+    host.clock().advance(Duration::from_millis(1));
+    vm.exec(|g| g.tick()).unwrap();
+    assert_eq!(keyed(&vm, "key-three-000007").status, 200);
+}
+
+#[test]
+fn an_update_found_damaged_as_it_is_read_between_requests_answers_503_and_says_why() {
+    // Envoy's validation VM refuses a damaged image before a worker gets it
+    // (a_damaged_registry_image_is_refused_at_load); a worker VM reading one anyway fails
+    // closed rather than serve the registry before it forever.
+    let host = Host::new(HostSettings::default());
+    let vm = host.start_vm(&compiled("one")).unwrap();
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let mut damaged = compiled("two");
+    let late = damaged.len() - 1000;
+    damaged[late] ^= 0x01;
+    vm.exec(move |g| g.reconfigure(&damaged)).unwrap().unwrap();
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    host.clock().advance(Duration::from_millis(1));
+    vm.exec(|g| g.tick()).unwrap();
+    let errors: Vec<String> = vm
+        .exec(|g| g.take_logs())
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.level >= 4)
+        .map(|l| l.message)
+        .collect();
+    assert!(
+        errors.iter().any(|l| l.starts_with("the registry image does not read: ")
+            && l.ends_with("; requests under this configuration are answered 503 until another is delivered")),
+        "{errors:?}"
+    );
+    let after = keyed(&vm, "key-one-000007");
+    assert_eq!(after.status, 503, "{after:?}");
 }
 
 #[test]

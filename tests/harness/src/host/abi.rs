@@ -136,7 +136,8 @@ pub(super) struct VmHost {
     pub settings: Arc<HostSettings>,
     pub shared: Arc<SharedStore>,
     pub clock: Arc<Clock>,
-    pub plugin_config: Vec<u8>,
+    /// Readable only during `proxy_on_configure`, as in Envoy.
+    pub plugin_config: Option<Vec<u8>>,
     pub vm_config: Vec<u8>,
     pub logs: Vec<LogLine>,
     pub effective_context: u32,
@@ -154,17 +155,12 @@ pub(super) struct VmHost {
 const LOG_LIMIT: usize = 10_000;
 
 impl VmHost {
-    pub fn new(
-        settings: Arc<HostSettings>,
-        shared: Arc<SharedStore>,
-        clock: Arc<Clock>,
-        plugin_config: Vec<u8>,
-    ) -> VmHost {
+    pub fn new(settings: Arc<HostSettings>, shared: Arc<SharedStore>, clock: Arc<Clock>) -> VmHost {
         VmHost {
             settings,
             shared,
             clock,
-            plugin_config,
+            plugin_config: None,
             vm_config: Vec::new(),
             logs: Vec::new(),
             effective_context: 0,
@@ -222,7 +218,7 @@ impl VmHost {
                 .map(|c| &mut c.body)
                 .ok_or(status::NOT_FOUND),
             BUFFER_VM_CONFIGURATION => Ok(&mut self.vm_config),
-            BUFFER_PLUGIN_CONFIGURATION => Ok(&mut self.plugin_config),
+            BUFFER_PLUGIN_CONFIGURATION => self.plugin_config.as_mut().ok_or(status::NOT_FOUND),
             _ => Err(status::NOT_FOUND),
         }
     }

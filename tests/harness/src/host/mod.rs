@@ -437,12 +437,10 @@ impl Guest {
         // Booting one VM at a time keeps them apart.
         static BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _booting = BOOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let size = plugin_config.len();
         let mut vm = abi::VmHost::new(
             host.settings.clone(),
             host.shared.clone(),
             host.clock.clone(),
-            plugin_config,
         );
         let s = &host.settings;
         for (k, v) in [
@@ -457,21 +455,11 @@ impl Guest {
         init();
         set_effective(root_id);
         unsafe { guest::proxy_on_context_create(root_id, 0) };
-        let errors = || {
-            abi::with_vm(|vm| {
-                vm.logs
-                    .iter()
-                    .filter(|l| l.level >= 3)
-                    .map(|l| l.message.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-        };
         if !unsafe { guest::proxy_on_vm_start(root_id, 0) } {
-            return Err(HostError::VmStartFailed { log: errors() });
+            return Err(HostError::VmStartFailed { log: error_logs() });
         }
-        if !unsafe { guest::proxy_on_configure(root_id, size) } {
-            return Err(HostError::ConfigRejected { log: errors() });
+        if !configure(root_id, plugin_config) {
+            return Err(HostError::ConfigRejected { log: error_logs() });
         }
         Ok(Guest {
             root_id,
@@ -479,6 +467,28 @@ impl Guest {
             last_tick: host.clock.now_nanos(),
             requests: 0,
         })
+    }
+
+    /// Delivers a new configuration as Envoy does on a live update (ECDS): a new root context
+    /// in this VM is configured with it and takes the streams that start from now on; the old
+    /// one is then done and deleted at once (in Envoy, once no stream holds it, which can be
+    /// before the new one has read all its configuration). A refused configuration leaves the
+    /// old root context serving.
+    pub fn reconfigure(&mut self, plugin_config: &[u8]) -> Result<(), HostError> {
+        let id = self.next_context();
+        set_effective(id);
+        unsafe { guest::proxy_on_context_create(id, 0) };
+        if !configure(id, plugin_config.to_vec()) {
+            set_effective(id);
+            unsafe { guest::proxy_on_delete(id) };
+            return Err(HostError::ConfigRejected { log: error_logs() });
+        }
+        let old = std::mem::replace(&mut self.root_id, id);
+        set_effective(old);
+        if unsafe { guest::proxy_on_done(old) } {
+            unsafe { guest::proxy_on_delete(old) };
+        }
+        Ok(())
     }
 
     fn next_context(&mut self) -> u32 {
@@ -531,6 +541,28 @@ impl Guest {
         abi::with_vm(|vm| vm.metrics.iter().map(|(_, n, v)| (n.clone(), *v)).collect())
             .unwrap_or_default()
     }
+}
+
+/// `proxy_on_configure` on root context `id`, the plugin configuration readable only meanwhile.
+fn configure(id: u32, plugin_config: Vec<u8>) -> bool {
+    let size = plugin_config.len();
+    abi::with_vm(|vm| vm.plugin_config = Some(plugin_config));
+    set_effective(id);
+    let accepted = unsafe { guest::proxy_on_configure(id, size) };
+    abi::with_vm(|vm| vm.plugin_config = None);
+    accepted
+}
+
+/// The error lines (level 3 and up) logged so far.
+fn error_logs() -> Vec<String> {
+    abi::with_vm(|vm| {
+        vm.logs
+            .iter()
+            .filter(|l| l.level >= 3)
+            .map(|l| l.message.clone())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn set_effective(context_id: u32) {
