@@ -124,6 +124,14 @@ pub(crate) mod abi {
             value_size: usize,
         ) -> u32;
         fn proxy_get_status(code: *mut u32, data: *mut *mut u8, size: *mut usize) -> u32;
+        fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    }
+
+    /// Asks for the calling root context's tick every `period` (the SDK's wrapper panics on a
+    /// status it does not expect; this is called on the request path too).
+    pub fn set_tick_period(period: std::time::Duration) -> u32 {
+        let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+        unsafe { proxy_set_tick_period_milliseconds(ms) }
     }
 
     /// A counter (metric type 0), defined once per VM.
@@ -430,30 +438,72 @@ fn vm_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-thread_local! {
-    /// The registries this VM's root contexts serve, by the filter's identity: where a new
-    /// configuration of the same filter finds a registry to serve while it reads its own.
-    static SERVING: RefCell<Vec<(u32, String, Weak<Registry>)>> = const { RefCell::new(Vec::new()) };
+/// A root context as the others in its VM see it: where a new configuration of a filter finds
+/// the registry to serve while it reads its own.
+struct Rostered {
+    root: u32,
+    identity: Identity,
+    /// The registry its requests are served with now: its own once read, its predecessor's
+    /// meanwhile, none while it has neither.
+    serves: Option<Weak<Registry>>,
+    /// A later configuration of the same filter has read its registry: not a predecessor.
+    superseded: bool,
 }
 
-/// The registry the one other root context of this identity serves, if exactly one does
-/// (Envoy asks that filters sharing a VM have distinct names; if two do anyway, neither is
-/// taken for the other's predecessor).
-fn predecessor(identity: &str, me: u32) -> Option<(u32, Rc<Registry>)> {
-    SERVING.with(|serving| {
-        let serving = serving.borrow();
-        let mut same = serving
+/// A filter's `plugin_name` and `plugin_root_id`.
+type Identity = (Vec<u8>, Vec<u8>);
+
+thread_local! {
+    /// Every configured root context of this VM.
+    static ROSTER: RefCell<Vec<Rostered>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The registry to serve while `me` reads its own: that of the one other root context of
+/// this identity that is not superseded, if exactly one is (Envoy asks that filters sharing a
+/// VM have distinct names; if two configured root contexts share one anyway, serving or not,
+/// neither is taken for the other's predecessor).
+fn predecessor(identity: &Identity, me: u32) -> Option<(u32, Rc<Registry>)> {
+    ROSTER.with(|roster| {
+        let roster = roster.borrow();
+        let mut same = roster
             .iter()
-            .filter(|(id, who, _)| *id != me && who == identity)
-            .filter_map(|(id, _, registry)| Some((*id, registry.upgrade()?)));
-        let first = same.next()?;
-        same.next().is_none().then_some(first)
+            .filter(|r| r.root != me && !r.superseded && r.identity == *identity);
+        let only = same.next()?;
+        if same.next().is_some() {
+            return None;
+        }
+        Some((only.root, only.serves.as_ref()?.upgrade()?))
+    })
+}
+
+/// Enters or updates `root` in the roster.
+fn roster(root: u32, identity: &Identity, serves: Option<&Rc<Registry>>) {
+    ROSTER.with(|roster| {
+        let mut roster = roster.borrow_mut();
+        let serves = serves.map(Rc::downgrade);
+        match roster.iter_mut().find(|r| r.root == root) {
+            Some(r) => r.serves = serves,
+            None => roster.push(Rostered {
+                root,
+                identity: identity.clone(),
+                serves,
+                superseded: false,
+            }),
+        }
+    })
+}
+
+fn supersede(root: u32) {
+    ROSTER.with(|roster| {
+        for r in roster.borrow_mut().iter_mut().filter(|r| r.root == root) {
+            r.superseded = true;
+        }
     })
 }
 
 fn retire(root: u32) {
-    // `try_with`: natively, roots are dropped as the thread ends, maybe after `SERVING` is gone.
-    let _ = SERVING.try_with(|serving| serving.borrow_mut().retain(|(id, _, _)| *id != root));
+    // `try_with`: natively, roots are dropped as the thread ends, maybe after `ROSTER` is gone.
+    let _ = ROSTER.try_with(|roster| roster.borrow_mut().retain(|r| r.root != root));
 }
 
 /// A delivered registry image accepted with its tables still to read. `on_configure` checks the
@@ -477,7 +527,7 @@ struct Root {
     id: u32,
     /// This filter's `plugin_name` and `plugin_root_id`: a root context of the same identity
     /// in this VM is an earlier configuration of the same filter.
-    identity: Option<String>,
+    identity: Option<Identity>,
     registry: RefCell<Option<Rc<Registry>>>,
     pending: RefCell<Option<Pending>>,
 }
@@ -509,14 +559,10 @@ impl Root {
     /// Serves `registry` from now on.
     fn serve(&self, registry: Registry) {
         // Stats are handed to Envoy on the tick, and policies may sweep on it.
-        self.set_tick_period(TICK);
+        abi::set_tick_period(TICK);
         let registry = Rc::new(registry);
         if let Some(identity) = &self.identity {
-            SERVING.with(|serving| {
-                let mut serving = serving.borrow_mut();
-                serving.retain(|(id, _, _)| *id != self.id);
-                serving.push((self.id, identity.clone(), Rc::downgrade(&registry)));
-            });
+            roster(self.id, identity, Some(&registry));
         }
         *self.registry.borrow_mut() = Some(registry);
     }
@@ -542,7 +588,17 @@ impl Root {
         mut pieces: std::collections::VecDeque<Vec<u8>>,
         started: Option<u64>,
     ) -> Result<(), String> {
-        let predecessor = (self.identity.as_deref()).and_then(|who| predecessor(who, self.id));
+        // Configured again (Envoy may reuse a root context): its own registry serves meanwhile.
+        let own = self
+            .registry
+            .borrow()
+            .clone()
+            .map(|registry| (self.id, registry));
+        let predecessor =
+            own.or_else(|| (self.identity.as_ref()).and_then(|who| predecessor(who, self.id)));
+        if let (Some(identity), Some((_, serves))) = (&self.identity, &predecessor) {
+            roster(self.id, identity, Some(serves));
+        }
         let first_read = predecessor.is_none();
         if first_read {
             tollgate_core::registry::image::sealed(pieces.make_contiguous())?;
@@ -559,7 +615,7 @@ impl Root {
                 "registry image taken in {} ms; it is read between requests, the configuration before it serving meanwhile",
                 elapsed_ms(started)
             );
-            self.set_tick_period(SLICE_TICK);
+            abi::set_tick_period(SLICE_TICK);
         }
         *self.pending.borrow_mut() = Some(Pending {
             reading,
@@ -589,8 +645,8 @@ impl Root {
                     done.map_or((0, 0, None), |p| (p.spent, p.slices, p.predecessor));
                 // The predecessor is superseded: a later configuration of this filter must not
                 // find two registries of its identity and take neither.
-                if let Some((id, _)) = predecessor {
-                    retire(id);
+                if let Some((id, _)) = predecessor.filter(|(id, _)| *id != self.id) {
+                    supersede(id);
                 }
                 log::info!(
                     "loaded {} APIs and {} clients in {spent} ms, its tables in {slices} slice{} (a registry image compiled by tollgate-gen)",
@@ -602,6 +658,13 @@ impl Root {
             }
             Err(why) => {
                 *slot = None;
+                drop(slot);
+                // Its own registry of an earlier configuration, if any, does not serve on.
+                *self.registry.borrow_mut() = None;
+                abi::set_tick_period(TICK);
+                if let Some(identity) = &self.identity {
+                    roster(self.id, identity, None);
+                }
                 log::error!(
                     "the registry image does not read: {why}; requests under this configuration are answered 503 until another is delivered"
                 );
@@ -639,15 +702,13 @@ impl RootContext for Root {
         let env = vm_env;
         let started = abi::now_nanos();
         let took = || elapsed_ms(started);
-        self.identity = (abi::get_property(&["plugin_name"]))
-            .zip(abi::get_property(&["plugin_root_id"]))
-            .map(|(name, root)| {
-                format!(
-                    "{}/{}",
-                    String::from_utf8_lossy(&name),
-                    String::from_utf8_lossy(&root)
-                )
-            });
+        // A configuration replaces whatever this root context was still reading.
+        *self.pending.borrow_mut() = None;
+        self.identity =
+            (abi::get_property(&["plugin_name"])).zip(abi::get_property(&["plugin_root_id"]));
+        if let Some(identity) = &self.identity {
+            roster(self.id, identity, self.registry.borrow().as_ref());
+        }
         if let Some(pieces) = image::delivered(size) {
             return match self.defer(pieces, started) {
                 Ok(()) => true,

@@ -899,7 +899,11 @@ impl<'e> Reading<'e> {
                     // As large as a load makes it: room for every key (or client, as
                     // reserved), at most doubled.
                     let most = 2 * KeyTable::slots_for(keys.max(reg.clients.len()));
-                    if slots % 8 != 0 || slots < KeyTable::slots_for(keys) || slots > most {
+                    if slots % 8 != 0
+                        || slots < KeyTable::slots_for(keys)
+                        || slots > most
+                        || slots.checked_mul(super::SLOT).is_none()
+                    {
                         return Err("the key table's size does not fit its keys".into());
                     }
                     *stage = Stage::KeyTable {
@@ -1231,7 +1235,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_table_is_refused_by_the_step_that_reaches_it() {
+    fn a_table_damaged_past_what_accept_reads_is_refused_by_step() {
         let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
         let mut whole = image_of(&mut loaded, &EnvRecord::default()).concat();
         // A byte in the key table, near the end: everything `start` reads is intact.

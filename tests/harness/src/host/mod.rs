@@ -469,6 +469,19 @@ impl Guest {
         })
     }
 
+    /// Configures another root context in this VM, as Envoy does for a second filter sharing
+    /// the VM (same `vm_config`), with the same plugin name; streams keep going to the current
+    /// one. Its id.
+    pub fn add_root(&mut self, plugin_config: &[u8]) -> Result<u32, HostError> {
+        let id = self.next_context();
+        set_effective(id);
+        unsafe { guest::proxy_on_context_create(id, 0) };
+        if !configure(id, plugin_config.to_vec()) {
+            return Err(HostError::ConfigRejected { log: error_logs() });
+        }
+        Ok(id)
+    }
+
     /// Delivers a new configuration as Envoy does on a live update (ECDS): a new root context
     /// in this VM is configured with it and takes the streams that start from now on; the old
     /// one is then done and deleted at once (in Envoy, once no stream holds it, which can be
