@@ -518,9 +518,11 @@ struct Pending {
     /// deletes the old root context once no stream holds it, which can be long before the
     /// tables are read. `None`: the first request reads them, as nothing else can serve it.
     predecessor: Option<(u32, Rc<Registry>)>,
-    /// Time spent reading so far, in ms, and in how many slices.
+    /// Time spent reading so far, in ms, in how many slices, and the longest slice (the longest
+    /// any request waited for the reading).
     spent: u64,
     slices: u32,
+    longest: u64,
 }
 
 struct Root {
@@ -622,6 +624,7 @@ impl Root {
             predecessor,
             spent: elapsed_ms(started),
             slices: 0,
+            longest: elapsed_ms(started),
         });
         Ok(())
     }
@@ -634,22 +637,25 @@ impl Root {
         };
         let started = abi::now_nanos();
         let step = pending.reading.step(more);
-        pending.spent += elapsed_ms(started);
+        let took = elapsed_ms(started);
+        pending.spent += took;
         pending.slices += 1;
+        pending.longest = pending.longest.max(took);
         match step {
             Ok(None) => {}
             Ok(Some(registry)) => {
                 let done = slot.take();
                 drop(slot);
-                let (spent, slices, predecessor) =
-                    done.map_or((0, 0, None), |p| (p.spent, p.slices, p.predecessor));
+                let (spent, slices, longest, predecessor) = done.map_or((0, 0, 0, None), |p| {
+                    (p.spent, p.slices, p.longest, p.predecessor)
+                });
                 // The predecessor is superseded: a later configuration of this filter must not
                 // find two registries of its identity and take neither.
                 if let Some((id, _)) = predecessor.filter(|(id, _)| *id != self.id) {
                     supersede(id);
                 }
                 log::info!(
-                    "loaded {} APIs and {} clients in {spent} ms, its tables in {slices} slice{} (a registry image compiled by tollgate-gen)",
+                    "loaded {} APIs and {} clients in {spent} ms, its tables in {slices} slice{} (the longest {longest} ms) (a registry image compiled by tollgate-gen)",
                     registry.apis().len(),
                     registry.client_count(),
                     if slices == 1 { "" } else { "s" }
