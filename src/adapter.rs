@@ -558,14 +558,19 @@ impl Root {
         }
     }
 
+    /// Puts this root context on the VM's roster (see `Rostered`), serving `serves` now.
+    fn enroll(&self, serves: Option<&Rc<Registry>>) {
+        if let Some(identity) = &self.identity {
+            roster(self.id, identity, serves);
+        }
+    }
+
     /// Serves `registry` from now on.
     fn serve(&self, registry: Registry) {
         // Stats are handed to Envoy on the tick, and policies may sweep on it.
         abi::set_tick_period(TICK);
         let registry = Rc::new(registry);
-        if let Some(identity) = &self.identity {
-            roster(self.id, identity, Some(&registry));
-        }
+        self.enroll(Some(&registry));
         *self.registry.borrow_mut() = Some(registry);
     }
 
@@ -598,8 +603,8 @@ impl Root {
             .map(|registry| (self.id, registry));
         let predecessor =
             own.or_else(|| (self.identity.as_ref()).and_then(|who| predecessor(who, self.id)));
-        if let (Some(identity), Some((_, serves))) = (&self.identity, &predecessor) {
-            roster(self.id, identity, Some(serves));
+        if let Some((_, serves)) = &predecessor {
+            self.enroll(Some(serves));
         }
         let first_read = predecessor.is_none();
         if first_read {
@@ -608,23 +613,24 @@ impl Root {
         let mut reading = Reading::new(&vm_env, Box::new(move || pieces.pop_front()));
         if first_read {
             reading.accept()?;
+        }
+        let ms = elapsed_ms(started);
+        if first_read {
             log::info!(
-                "registry image accepted in {} ms; its tables are read at the first request",
-                elapsed_ms(started)
+                "registry image accepted in {ms} ms; its tables are read at the first request"
             );
         } else {
             log::info!(
-                "registry image taken in {} ms; it is read between requests, the configuration before it serving meanwhile",
-                elapsed_ms(started)
+                "registry image taken in {ms} ms; it is read between requests, the configuration before it serving meanwhile"
             );
             abi::set_tick_period(SLICE_TICK);
         }
         *self.pending.borrow_mut() = Some(Pending {
             reading,
             predecessor,
-            spent: elapsed_ms(started),
+            spent: ms,
             slices: 0,
-            longest: elapsed_ms(started),
+            longest: ms,
         });
         Ok(())
     }
@@ -644,11 +650,9 @@ impl Root {
         match step {
             Ok(None) => {}
             Ok(Some(registry)) => {
-                let done = slot.take();
+                let (spent, slices, longest) = (pending.spent, pending.slices, pending.longest);
+                let predecessor = slot.take().and_then(|p| p.predecessor);
                 drop(slot);
-                let (spent, slices, longest, predecessor) = done.map_or((0, 0, 0, None), |p| {
-                    (p.spent, p.slices, p.longest, p.predecessor)
-                });
                 // The predecessor is superseded: a later configuration of this filter must not
                 // find two registries of its identity and take neither.
                 if let Some((id, _)) = predecessor.filter(|(id, _)| *id != self.id) {
@@ -668,9 +672,7 @@ impl Root {
                 // Its own registry of an earlier configuration, if any, does not serve on.
                 *self.registry.borrow_mut() = None;
                 abi::set_tick_period(TICK);
-                if let Some(identity) = &self.identity {
-                    roster(self.id, identity, None);
-                }
+                self.enroll(None);
                 log::error!(
                     "the registry image does not read: {why}; requests under this configuration are answered 503 until another is delivered"
                 );
@@ -705,16 +707,13 @@ impl RootContext for Root {
         // The registry is read from the host in chunks, never whole: a wasm VM's memory never
         // shrinks, so a 150 MB registry read at once would stay the VM's size for good.
         let config = tollgate_core::config::ReadDocument(|| HostConfig { offset: 0, size });
-        let env = vm_env;
         let started = abi::now_nanos();
         let took = || elapsed_ms(started);
         // A configuration replaces whatever this root context was still reading.
         *self.pending.borrow_mut() = None;
         self.identity =
             (abi::get_property(&["plugin_name"])).zip(abi::get_property(&["plugin_root_id"]));
-        if let Some(identity) = &self.identity {
-            roster(self.id, identity, self.registry.borrow().as_ref());
-        }
+        self.enroll(self.registry.borrow().as_ref());
         if let Some(pieces) = image::delivered(size) {
             return match self.defer(pieces, started) {
                 Ok(()) => true,
@@ -730,7 +729,7 @@ impl RootContext for Root {
             .then(|| image::key(size))
             .flatten();
         if let Some(key) = &image {
-            match image::adopt(key, &env) {
+            match image::adopt(key, &vm_env) {
                 Some(Ok(registry)) => {
                     let ms = took();
                     self.serve_image(
@@ -746,7 +745,7 @@ impl RootContext for Root {
         }
         let seen = tollgate_core::registry::image::EnvRecord::default();
         let recording = |name: &str| {
-            let value = env(name);
+            let value = vm_env(name);
             seen.note(name, &value);
             value
         };

@@ -294,6 +294,24 @@ fn keyed(vm: &tollgate_harness::host::Vm, key: &str) -> StreamResult {
     .unwrap()
 }
 
+/// A VM serving the image of `large_registry("one")`, its tables read by a first request.
+fn serving_one(host: &Host) -> tollgate_harness::host::Vm {
+    let vm = host.start_vm(&compiled("one")).unwrap();
+    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    vm
+}
+
+/// A live update to `image` (see `Guest::reconfigure`), accepted.
+fn update(vm: &tollgate_harness::host::Vm, image: Vec<u8>) {
+    vm.exec(move |g| g.reconfigure(&image)).unwrap().unwrap();
+}
+
+/// The next slice tick (1 ms).
+fn next_slice(host: &Host, vm: &tollgate_harness::host::Vm) {
+    host.clock().advance(Duration::from_millis(1));
+    vm.exec(|g| g.tick()).unwrap();
+}
+
 fn compiled(tag: &str) -> Vec<u8> {
     tollgate_core::registry::image::compile(large_registry(tag).as_bytes())
         .unwrap()
@@ -330,12 +348,9 @@ fn a_delivered_image_has_its_tables_read_at_the_first_request_not_before() {
 #[test]
 fn a_live_update_is_served_by_the_registry_before_until_its_tables_are_read() {
     let host = Host::new(HostSettings::default());
-    let vm = host.start_vm(&compiled("one")).unwrap();
-    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let vm = serving_one(&host);
     // Envoy deletes the old root context as soon as no stream holds it: here, at once.
-    vm.exec(|g| g.reconfigure(&compiled("two")))
-        .unwrap()
-        .unwrap();
+    update(&vm, compiled("two"));
     let lines = load_lines(&vm);
     assert!(
         lines
@@ -354,8 +369,7 @@ fn a_live_update_is_served_by_the_registry_before_until_its_tables_are_read() {
         vm.exec(|g| g.tick_period()).unwrap(),
         Some(Duration::from_millis(1))
     );
-    host.clock().advance(Duration::from_millis(1));
-    vm.exec(|g| g.tick()).unwrap();
+    next_slice(&host, &vm);
     let after = keyed(&vm, "key-two-000007");
     assert_eq!(after.status, 200, "{after:?}");
     assert_eq!(backend_header(&after, "x-plan").as_deref(), Some("two"));
@@ -370,16 +384,11 @@ fn a_live_update_is_served_by_the_registry_before_until_its_tables_are_read() {
 #[test]
 fn an_update_arriving_while_another_is_read_is_served_by_the_registry_before_both() {
     let host = Host::new(HostSettings::default());
-    let vm = host.start_vm(&compiled("one")).unwrap();
-    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let vm = serving_one(&host);
     // No tick between them: "two" is still unread when "three" arrives, and the root context
     // that served "one" is gone.
-    vm.exec(|g| g.reconfigure(&compiled("two")))
-        .unwrap()
-        .unwrap();
-    vm.exec(|g| g.reconfigure(&compiled("three")))
-        .unwrap()
-        .unwrap();
+    update(&vm, compiled("two"));
+    update(&vm, compiled("three"));
     let lines = load_lines(&vm);
     assert_eq!(
         lines
@@ -392,8 +401,7 @@ fn an_update_arriving_while_another_is_read_is_served_by_the_registry_before_bot
     let meanwhile = keyed(&vm, "key-one-000007");
     assert_eq!(meanwhile.status, 200, "{meanwhile:?}");
     assert_eq!(keyed(&vm, "key-three-000007").status, 404);
-    host.clock().advance(Duration::from_millis(1));
-    vm.exec(|g| g.tick()).unwrap();
+    next_slice(&host, &vm);
     assert_eq!(keyed(&vm, "key-three-000007").status, 200);
     assert_eq!(keyed(&vm, "key-two-000007").status, 404);
 }
@@ -401,15 +409,12 @@ fn an_update_arriving_while_another_is_read_is_served_by_the_registry_before_bot
 #[test]
 fn an_update_where_two_filters_share_a_name_takes_neither_registry_for_its_predecessor() {
     let host = Host::new(HostSettings::default());
-    let vm = host.start_vm(&compiled("one")).unwrap();
-    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let vm = serving_one(&host);
     // Another filter of the same plugin name in this VM (against Envoy's advice).
     vm.exec(|g| g.add_root(&compiled("other")))
         .unwrap()
         .unwrap();
-    vm.exec(|g| g.reconfigure(&compiled("two")))
-        .unwrap()
-        .unwrap();
+    update(&vm, compiled("two"));
     let lines = load_lines(&vm);
     assert!(
         lines
@@ -428,15 +433,13 @@ fn an_update_found_damaged_as_it_is_read_between_requests_answers_503_and_says_w
     // (a_damaged_registry_image_is_refused_at_load); a worker VM reading one anyway fails
     // closed rather than serve the registry before it forever.
     let host = Host::new(HostSettings::default());
-    let vm = host.start_vm(&compiled("one")).unwrap();
-    assert_eq!(keyed(&vm, "key-one-000007").status, 200);
+    let vm = serving_one(&host);
     let mut damaged = compiled("two");
     let late = damaged.len() - 1000;
     damaged[late] ^= 0x01;
-    vm.exec(move |g| g.reconfigure(&damaged)).unwrap().unwrap();
+    update(&vm, damaged);
     assert_eq!(keyed(&vm, "key-one-000007").status, 200);
-    host.clock().advance(Duration::from_millis(1));
-    vm.exec(|g| g.tick()).unwrap();
+    next_slice(&host, &vm);
     let errors: Vec<String> = vm
         .exec(|g| g.take_logs())
         .unwrap()
