@@ -41,7 +41,7 @@ pub struct RegisteredApi {
 }
 
 /// One client (an Apiman client version) as stored: 28 bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct ClientRecord {
     /// Interned organisation id and version.
     org: u32,

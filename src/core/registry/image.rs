@@ -35,7 +35,7 @@ use crate::policy::{kind_by_name, Policy};
 /// Changes whenever the layout below does. The fingerprint of this crate's source is written
 /// beside it (build.rs), so an image written by another build of tollgate in the same Envoy (a
 /// module replaced by a live update keeps its predecessor's shared data) is never read.
-const FORMAT: &str = "tollgate-registry-image/2";
+const FORMAT: &str = "tollgate-registry-image/3";
 pub const BUILD: &str = env!("TOLLGATE_CORE_SOURCE");
 
 /// How the image is cut for Envoy's shared data: a reader holds one piece at a time, so adopting
@@ -267,35 +267,78 @@ pub fn write(
     for s in &registry.strings.strings {
         w.str(s);
     }
-    w.str(&registry.client_ids);
+    // The client ids front-coded (each as the bytes it shares with the one before and the
+    // rest: sequential ids such as `client123456` take a byte or two), the rests first, as one
+    // string; the client records say how much of each is shared and how much is rest.
+    let ids = registry.client_ids.as_bytes();
+    let fronts = || {
+        let mut previous: &[u8] = &[];
+        registry.clients.iter().map(move |c| {
+            let start = c.id_start as usize;
+            let id = ids.get(start..start.saturating_add(c.id_len as usize));
+            let shared = shared_prefix(previous, id.unwrap_or_default());
+            previous = id.unwrap_or_default();
+            id.map(|id| (shared, &id[shared..]))
+        })
+    };
+    let mut rests_len = 0;
+    for front in fronts() {
+        let (_, rest) = front.ok_or("a client record points outside the client ids")?;
+        rests_len += rest.len();
+    }
+    w.u32(ids.len() as u32);
+    w.u32(rests_len as u32);
+    for (_, rest) in fronts().flatten() {
+        w.bytes(rest);
+        w.piece();
+    }
     // Records as LEB128 varints in groups; what follows from the order is left out: a client's
     // id and contracts start where the previous client's end (as the loader appends them).
+    // What most clients share with the one before (organization, version, one contract, the
+    // next source index) is a flag instead of a number.
     w.u32(registry.clients.len() as u32);
-    let (mut id_end, mut contracts_end, mut source) = (0u32, 0u32, 0u32);
+    let (mut id_end, mut contracts_end) = (0u32, 0u32);
+    let mut before = ClientRecord::default();
     let mut in_order = true;
-    w.groups(registry.clients.iter(), |g, c| {
-        in_order &= c.id_start == id_end && c.first_contract == contracts_end && c.source >= source;
-        id_end = c.id_start.wrapping_add(c.id_len);
-        contracts_end = c.first_contract.wrapping_add(c.contract_count);
-        for v in [
-            c.org,
-            c.version,
-            c.id_len,
-            c.contract_count,
-            c.source.wrapping_sub(source),
-        ] {
-            varint(g, v);
-        }
-        source = c.source;
-    });
+    w.groups(
+        registry.clients.iter().zip(fronts().flatten()),
+        |g, (c, (shared, rest))| {
+            in_order &= c.id_start == id_end
+                && c.first_contract == contracts_end
+                && c.source >= before.source;
+            id_end = c.id_start.wrapping_add(c.id_len);
+            contracts_end = c.first_contract.wrapping_add(c.contract_count);
+            let delta = c.source.wrapping_sub(before.source);
+            let fields = [
+                (c.org != before.org, c.org),
+                (c.version != before.version, c.version),
+                (c.contract_count != 1, c.contract_count),
+                (delta != 1, delta),
+            ];
+            let flags =
+                (fields.iter().enumerate()).fold(0, |f, (i, (set, _))| f | u32::from(*set) << i);
+            for v in [flags, shared as u32, rest.len() as u32] {
+                varint(g, v);
+            }
+            for (_, v) in fields.iter().filter(|(set, _)| *set) {
+                varint(g, *v);
+            }
+            before = *c;
+        },
+    );
     if !in_order {
         return Err("the client records are not in the order the loader makes them".into());
     }
+    // Contracts as the difference from the one before: neighbours often share their API, plan
+    // and chain, or count up.
     w.u32(registry.contracts.len() as u32);
+    let mut before = [0u32; 3];
     w.groups(registry.contracts.iter(), |g, c| {
-        varint(g, c.api);
-        varint(g, c.plan.wrapping_add(1)); // NO_PLAN (u32::MAX) is 0
-        varint(g, c.chain);
+        let now = [c.api, c.plan.wrapping_add(1), c.chain]; // NO_PLAN (u32::MAX) is 0
+        for (v, b) in now.iter().zip(before) {
+            varint(g, zigzag(v.wrapping_sub(b)));
+        }
+        before = now;
     });
     // The keys in the table's slot order, so the adopting VM fills its table front to back.
     w.u32(registry.keys.len() as u32);
@@ -497,6 +540,21 @@ impl Reader<'_> {
 const GROUP: usize = 1 << 16;
 const MAX_RECORD: usize = 32;
 
+/// How many bytes `a` and `b` start with alike.
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A difference of two u32s (wrapping) as a small number when it is small either way.
+fn zigzag(d: u32) -> u32 {
+    (d << 1) ^ ((d as i32 >> 31) as u32)
+}
+
+/// The inverse of `zigzag`.
+fn unzigzag(z: u32) -> u32 {
+    (z >> 1) ^ (z & 1).wrapping_neg()
+}
+
 /// Appends `v` as a LEB128 varint.
 fn varint(out: &mut Vec<u8>, mut v: u32) {
     while v > 0x7F {
@@ -556,6 +614,52 @@ impl Group<'_> {
         Ok(a)
     }
 }
+
+/// Client ids as the writer front-codes them: each is the bytes it shares with the one before
+/// and its rest, taken from `rests` in order.
+#[derive(Default)]
+struct FrontCoded {
+    rests: Vec<u8>,
+    /// How much of `rests` the ids took so far.
+    taken: usize,
+    ids: Vec<u8>,
+    /// How long the ids are in all, as the image says.
+    total: usize,
+    /// Where the last id starts in `ids`.
+    last: usize,
+}
+
+impl FrontCoded {
+    /// The next id, as its start and length in `ids`.
+    fn next(&mut self, shared: u32, rest: u32) -> Result<(u32, u32), String> {
+        let (shared, rest) = (shared as usize, rest as usize);
+        let start = self.ids.len();
+        if shared > start - self.last {
+            return Err("a client id shares more than the one before holds".into());
+        }
+        let end = self.taken.saturating_add(rest);
+        let rest_bytes = (self.rests.get(self.taken..end)).ok_or("the client ids end early")?;
+        // The announced total bounds what sharing can make of a few bytes.
+        if start + shared + rest > self.total {
+            return Err("the client ids are longer than the image says".into());
+        }
+        self.ids.extend_from_within(self.last..self.last + shared);
+        self.ids.extend_from_slice(rest_bytes);
+        self.taken = end;
+        self.last = start;
+        Ok((start as u32, (shared + rest) as u32))
+    }
+
+    fn finish(self) -> Result<String, String> {
+        if self.ids.len() != self.total || self.taken != self.rests.len() {
+            return Err("the client ids do not add up".into());
+        }
+        String::from_utf8(self.ids).map_err(|_| "a string is not UTF-8".to_string())
+    }
+}
+
+/// The client ids of an image take at most this many bytes in all.
+const MAX_CLIENT_IDS: usize = 1 << 28;
 
 /// At most this many records of any kind (clients, contracts, keys): far above any registry a
 /// wasm32 VM can hold.
@@ -629,17 +733,20 @@ enum Stage {
         policies: Vec<Rc<dyn Policy>>,
     },
     ClientIds {
-        left: Option<usize>,
-        ids: Vec<u8>,
+        /// How long the ids are in all and how many bytes of their rests are left to read,
+        /// once read.
+        sizes: Option<(usize, usize)>,
+        rests: Vec<u8>,
     },
     Clients {
         left: usize,
-        id_end: u32,
+        ids: FrontCoded,
         contracts_end: u32,
-        source: u32,
+        before: ClientRecord,
     },
     Contracts {
         left: usize,
+        before: [u32; 3],
     },
     KeyTable {
         keys: usize,
@@ -803,24 +910,26 @@ impl<'e> Reading<'e> {
                         return Err("the interned strings repeat".into());
                     }
                     *stage = Stage::ClientIds {
-                        left: None,
-                        ids: Vec::new(),
+                        sizes: None,
+                        rests: Vec::new(),
                     };
                     if to_tables {
                         return Ok(None);
                     }
                 }
-                Stage::ClientIds { left, ids } => {
-                    // One string of every client id (megabytes for a million clients): read a
-                    // piece at a time.
-                    let left = match left {
-                        Some(left) => left,
+                Stage::ClientIds { sizes, rests } => {
+                    // The rests of the front-coded client ids, one string (a megabyte or more
+                    // for a million clients): read a piece at a time.
+                    let (total, left) = match sizes {
+                        Some((total, left)) => (*total, left),
                         None => {
-                            let n = r.u32()? as usize;
+                            let total = r.count(MAX_CLIENT_IDS)?;
+                            let n = r.count(total)?;
                             // All at once (growing would copy megabytes in one slice), but no
                             // more than a damaged length could make the VM hold for nothing.
-                            ids.reserve_exact(n.min(1 << 26));
-                            left.insert(n)
+                            rests.reserve_exact(n.min(1 << 26));
+                            let (_, left) = sizes.insert((total, n));
+                            (total, left)
                         }
                     };
                     while *left > 0 {
@@ -828,26 +937,29 @@ impl<'e> Reading<'e> {
                             return Ok(None);
                         }
                         let part = (*left).min(PIECE);
-                        ids.extend_from_slice(r.take(part)?);
+                        rests.extend_from_slice(r.take(part)?);
                         *left -= part;
                     }
-                    let reg = &mut built(builder)?.registry;
-                    reg.client_ids = String::from_utf8(std::mem::take(ids))
-                        .map_err(|_| "a string is not UTF-8".to_string())?;
                     let left = r.count(MAX_RECORDS)?;
-                    reg.clients.reserve_exact(room(left));
+                    built(builder)?.registry.clients.reserve_exact(room(left));
                     *stage = Stage::Clients {
                         left,
-                        id_end: 0,
+                        ids: FrontCoded {
+                            rests: std::mem::take(rests),
+                            taken: 0,
+                            ids: Vec::with_capacity(total.min(1 << 26)),
+                            total,
+                            last: 0,
+                        },
                         contracts_end: 0,
-                        source: 0,
+                        before: ClientRecord::default(),
                     };
                 }
                 Stage::Clients {
                     left,
-                    id_end,
+                    ids,
                     contracts_end,
-                    source,
+                    before,
                 } => {
                     let reg = &mut built(builder)?.registry;
                     while *left > 0 {
@@ -855,39 +967,57 @@ impl<'e> Reading<'e> {
                             return Ok(None);
                         }
                         *left -= r.group(*left, |g| {
-                            let (org, version, id_len, contract_count) =
-                                (g.varint()?, g.varint()?, g.varint()?, g.varint()?);
-                            *source = source.wrapping_add(g.varint()?);
-                            reg.clients.push(ClientRecord {
-                                org,
-                                version,
-                                id_start: *id_end,
+                            let flags = g.varint()?;
+                            if flags > 0b1111 {
+                                return Err("a client record has flags no writer sets".into());
+                            }
+                            let (id_start, id_len) = ids.next(g.varint()?, g.varint()?)?;
+                            let mut field = |bit: u32, otherwise: u32| {
+                                if flags & bit != 0 {
+                                    g.varint()
+                                } else {
+                                    Ok(otherwise)
+                                }
+                            };
+                            let record = ClientRecord {
+                                org: field(1, before.org)?,
+                                version: field(2, before.version)?,
+                                id_start,
                                 id_len,
                                 first_contract: *contracts_end,
-                                contract_count,
-                                source: *source,
-                            });
+                                contract_count: field(4, 1)?,
+                                source: before.source.wrapping_add(field(8, 1)?),
+                            };
                             // Past u32 only in a damaged image; `check` then refuses the record.
-                            *id_end = id_end.wrapping_add(id_len);
-                            *contracts_end = contracts_end.wrapping_add(contract_count);
+                            *contracts_end = contracts_end.wrapping_add(record.contract_count);
+                            reg.clients.push(record);
+                            *before = record;
                             Ok(())
                         })?;
                     }
+                    reg.client_ids = std::mem::take(ids).finish()?;
                     let left = r.count(MAX_RECORDS)?;
                     reg.contracts.reserve_exact(room(left));
-                    *stage = Stage::Contracts { left };
+                    *stage = Stage::Contracts {
+                        left,
+                        before: [0; 3],
+                    };
                 }
-                Stage::Contracts { left } => {
+                Stage::Contracts { left, before } => {
                     let reg = &mut built(builder)?.registry;
                     while *left > 0 {
                         if !more() {
                             return Ok(None);
                         }
                         *left -= r.group(*left, |g| {
+                            for b in before.iter_mut() {
+                                *b = b.wrapping_add(unzigzag(g.varint()?));
+                            }
+                            let [api, plan, chain] = *before;
                             reg.contracts.push(ContractRecord {
-                                api: g.varint()?,
-                                plan: g.varint()?.wrapping_sub(1),
-                                chain: g.varint()?,
+                                api,
+                                plan: plan.wrapping_sub(1),
+                                chain,
                             });
                             Ok(())
                         })?;
@@ -1208,6 +1338,92 @@ mod tests {
         doc.to_string()
     }
 
+    /// Every client's identity and contracts, in order.
+    fn all_clients(r: &Registry) -> Vec<String> {
+        (0..r.client_count())
+            .map(|i| {
+                let c = r.client_at(i).expect("a client");
+                let contracts: Vec<String> = (0..r.apis().len())
+                    .filter_map(|api| Some(format!("{api}:{:?}", c.contract(api)?.plan)))
+                    .collect();
+                format!("{:?} {contracts:?}", c.identity)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn client_ids_that_share_bytes_with_the_one_before_read_back_exactly() {
+        // Shared prefixes that end inside a character (é and ê share their first byte), ids
+        // repeated under another version, one id the prefix of the next, long ones, and
+        // clients with none, one or two contracts.
+        let long = "x".repeat(70_000);
+        let ids = [
+            "é1",
+            "ê2",
+            "ê2",
+            "ê",
+            "ê23",
+            "a",
+            &long,
+            &format!("{long}y"),
+            "b",
+        ];
+        let contracts = |n: usize| -> Vec<Value> {
+            (["a", "p"].iter().take(n))
+                .map(|api| serde_json::json!({"apiOrgId": "o", "apiId": api, "apiVersion": "1", "plan": "gold"}))
+                .collect()
+        };
+        let clients: Vec<Value> = (ids.iter().enumerate())
+            .map(|(i, id)| {
+                serde_json::json!({"organizationId": if i % 3 == 0 { "o" } else { "p" },
+                    "clientId": id, "version": format!("{}", i % 2), "apiKey": format!("key-{i}"),
+                    "contracts": contracts(i % 3)})
+            })
+            .collect();
+        let mut doc: Value = serde_json::from_str(&config()).unwrap();
+        doc["clients"] = Value::Array(clients);
+        let mut loaded = load(&doc.to_string(), &crate::config::no_env);
+        let adopted = read_pieces(
+            image_of(&mut loaded, &EnvRecord::default()),
+            &crate::config::no_env,
+        )
+        .unwrap();
+        assert_eq!(all_clients(&loaded).len(), ids.len());
+        assert_eq!(all_clients(&adopted), all_clients(&loaded));
+    }
+
+    #[test]
+    fn an_image_holds_a_client_with_a_key_and_a_contract_in_little_more_than_its_key_digest() {
+        let n = 20_000;
+        let mut loaded = load(&many_clients(n), &crate::config::no_env);
+        let whole = image_of(&mut loaded, &EnvRecord::default()).concat();
+        let (head, _) = compile(config().as_bytes()).unwrap();
+        // A key is 16 bytes of digest and its client's index; the client's id ("c123") shares
+        // all but a byte or two with the one before, and its record and contract repeat the
+        // one before.
+        let per_client = (whole.len() - head.len()) as f64 / n as f64;
+        assert!(per_client < 26.0, "{per_client:.1} bytes per client");
+    }
+
+    #[test]
+    fn front_coded_ids_cannot_share_more_than_the_id_before_or_grow_past_their_total() {
+        let mut ids = FrontCoded {
+            rests: b"abcd".to_vec(),
+            total: 6,
+            ..FrontCoded::default()
+        };
+        assert_eq!(ids.next(0, 2), Ok((0, 2)));
+        assert!(
+            ids.next(3, 0).is_err(),
+            "shares three bytes of a two-byte id"
+        );
+        assert_eq!(ids.next(2, 1), Ok((2, 3)));
+        assert!(ids.next(3, 1).is_err(), "grows past the total of 6");
+        assert!(ids.next(0, 2).is_err(), "takes more rest than there is");
+        assert_eq!(ids.next(0, 1), Ok((5, 1)));
+        assert_eq!(ids.finish(), Ok("ababcd".to_string()));
+    }
+
     #[test]
     fn an_image_read_a_record_group_at_a_time_answers_like_one_read_at_once() {
         let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
@@ -1374,7 +1590,7 @@ mod tests {
 
     #[test]
     fn json_is_never_taken_for_an_image() {
-        let looks_like = br#"{  "tollgate-registry-image/2": 1}"#;
+        let looks_like = br#"{  "tollgate-registry-image/3": 1}"#;
         assert!(!is_image(looks_like));
     }
 
