@@ -559,6 +559,7 @@ impl Root {
     }
 
     /// Puts this root context on the VM's roster (see `Rostered`), serving `serves` now.
+    #[inline(never)]
     fn enroll(&self, serves: Option<&Rc<Registry>>) {
         if let Some(identity) = &self.identity {
             roster(self.id, identity, serves);
@@ -566,6 +567,7 @@ impl Root {
     }
 
     /// Serves `registry` from now on.
+    #[inline(never)]
     fn serve(&self, registry: Registry) {
         // Stats are handed to Envoy on the tick, and policies may sweep on it.
         abi::set_tick_period(TICK);
@@ -575,6 +577,7 @@ impl Root {
     }
 
     /// Serves a registry read from an image, with the load log line saying which image.
+    #[inline(never)]
     fn serve_image(&self, registry: Registry, ms: u64, image: &str) {
         log::info!(
             "loaded {} APIs and {} clients in {ms} ms ({image})",
@@ -590,6 +593,7 @@ impl Root {
     /// accept or refuse a configuration before any worker gets it), so the image is read
     /// between requests from its first byte, its fingerprint checked at the end; elsewhere it
     /// is checked here, and what the configuration is accepted on read.
+    #[inline(never)]
     fn defer(
         &self,
         mut pieces: std::collections::VecDeque<Vec<u8>>,
@@ -702,6 +706,10 @@ impl RootContext for Root {
         true
     }
 
+    // What this calls once is kept out of it (`#[inline(never)]` on `defer`, `serve`, the
+    // `image` functions…): LLVM inlines every function with a single caller, and V8 compiles
+    // one large function in more than linear time, at Envoy's start (docs/performance.md →
+    // Start-up).
     fn on_configure(&mut self, size: usize) -> bool {
         init_logging();
         // The registry is read from the host in chunks, never whole: a wasm VM's memory never
@@ -847,6 +855,7 @@ mod image {
 
     /// The shared-data name of this configuration's image: its size and fingerprint (reading
     /// it once, a megabyte at a time). `None` if the configuration cannot be read.
+    #[inline(never)]
     pub fn key(size: usize) -> Option<String> {
         let mut f = Fingerprint::default();
         let mut offset = 0;
@@ -876,6 +885,7 @@ mod image {
 
     /// The registry from this configuration's image; `None` when there is none yet. The image
     /// ends with the fingerprint of its bytes, so pieces of two writes are never adopted.
+    #[inline(never)]
     pub fn adopt(key: &str, env: Env) -> Option<Result<Registry, String>> {
         let count = manifest(key)?;
         let mut i = 0;
@@ -893,6 +903,7 @@ mod image {
     /// --registry-image` rather than JSON; `None` when it is JSON. The plugin configuration can
     /// only be read during `on_configure`, so the image is copied into the VM, in the pieces
     /// the reader frees as it goes.
+    #[inline(never)]
     pub fn delivered(size: usize) -> Option<VecDeque<Vec<u8>>> {
         let config = BufferType::PluginConfiguration as u32;
         let start = abi::get_buffer(config, 0, image::IMAGE_MARK.min(size)).ok()?;
@@ -915,6 +926,7 @@ mod image {
     }
 
     /// Writes the image and lists it; the number of bytes written.
+    #[inline(never)]
     pub fn store(
         key: &str,
         registry: &Registry,
@@ -1000,6 +1012,7 @@ impl std::io::Read for HostConfig {
 }
 
 /// Every worker VM loads the configuration; only the first to get here logs its warnings.
+#[inline(never)]
 fn log_warnings_once(warnings: &[String]) {
     if warnings.is_empty() {
         return;

@@ -608,6 +608,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Adds one client: `source` is its index in the configuration's `clients[]`.
+    #[inline(never)]
     pub fn add_client(&mut self, client: &ClientConfig, source: usize, problems: &mut Problems) {
         let digest = match &client.key {
             ClientKey::Clear(k) => Some(key_digest(k)),

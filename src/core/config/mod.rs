@@ -149,6 +149,8 @@ pub fn load_document(
     let (mut builder, client_count, head) = load_catalogue(doc, env, problems)?;
     builder.keep_recipe(head.to_string());
     builder.reserve_clients(client_count);
+    // What this closure calls is `#[inline(never)]`, so V8 compiles pieces rather than one
+    // large function at Envoy's start (docs/performance.md → Start-up).
     let walked = doc.walk(Pass::Clients, &mut |item| {
         let (i, v) = match item {
             Item::RawClient(i, text) => {
@@ -254,6 +256,7 @@ pub(crate) fn load_head<'e>(
 }
 
 /// Adds the client whose text is `text` by the fast reader, if it can take it (see `fast`).
+#[inline(never)]
 fn add_fast(
     builder: &mut crate::registry::Builder,
     text: &str,
@@ -525,6 +528,7 @@ fn endpoint_basic_auth(mut props: Fields, problems: &mut Problems) -> Option<(St
     }
 }
 
+#[inline(never)]
 fn parse_client(v: &Value, path: &str, env: Env, problems: &mut Problems) -> Option<ClientConfig> {
     let mut f = Fields::of(v, path, problems)?;
     let organization_id = required(&mut f, &["organizationId"], problems);
@@ -589,6 +593,7 @@ fn parse_client(v: &Value, path: &str, env: Env, problems: &mut Problems) -> Opt
 
 /// An Apiman 1.x client keeps a key per contract: each distinct key becomes a client of its
 /// own, holding the contracts made with that key.
+#[inline(never)]
 fn split_by_contract_keys(mut client: ClientConfig) -> Vec<ClientConfig> {
     if client.contracts.iter().all(|c| c.api_key.is_none()) {
         return vec![client];
