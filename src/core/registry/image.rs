@@ -281,6 +281,9 @@ pub fn write(
             id.map(|id| (shared, &id[shared..]))
         })
     };
+    if ids.len() > MAX_CLIENT_IDS {
+        return Err("the client ids are past what an image holds".into());
+    }
     let mut rests_len = 0;
     for front in fronts() {
         let (_, rest) = front.ok_or("a client record points outside the client ids")?;
