@@ -255,6 +255,25 @@ pub(crate) fn load_head<'e>(
     load_catalogue(&Bytes(head), env, problems).map(|(builder, _, _)| builder)
 }
 
+/// Adds the plan `plans[index]` of a registry image (its JSON text) to `builder`.
+pub(crate) fn load_plan(
+    text: &str,
+    index: usize,
+    env: Env,
+    builder: &mut crate::registry::Builder,
+    problems: &mut Problems,
+) {
+    let path = format!("plans[{index}]");
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            if let Some(plan) = parse_plan(&v, &path, env, problems) {
+                builder.add_plan(&plan, problems);
+            }
+        }
+        Err(e) => problems.error(&path, format!("not valid JSON: {e}")),
+    }
+}
+
 /// Adds the client whose text is `text` by the fast reader, if it can take it (see `fast`).
 #[inline(never)]
 fn add_fast(

@@ -35,7 +35,7 @@ use crate::policy::{kind_by_name, Policy};
 /// Changes whenever the layout below does. The fingerprint of this crate's source is written
 /// beside it (build.rs), so an image written by another build of tollgate in the same Envoy (a
 /// module replaced by a live update keeps its predecessor's shared data) is never read.
-const FORMAT: &str = "tollgate-registry-image/3";
+const FORMAT: &str = "tollgate-registry-image/4";
 pub const BUILD: &str = env!("TOLLGATE_CORE_SOURCE");
 
 /// How the image is cut for Envoy's shared data: a reader holds one piece at a time, so adopting
@@ -245,7 +245,20 @@ pub fn write(
         w.str(name);
         w.bytes(&value_digest(value));
     }
-    w.str(&recipe.head);
+    // The head without its plans, then the plans one by one: a reader compiles a plan at a
+    // time (a thousand plans take tens of milliseconds, more than one slice between requests).
+    let mut head: Value = serde_json::from_str(&recipe.head)
+        .map_err(|e| format!("the configuration's head does not read back: {e}"))?;
+    let plans = match head.get_mut("plans").map(Value::take) {
+        Some(Value::Array(plans)) => plans,
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err("the configuration's plans are not an array".into()),
+    };
+    w.str(&head.to_string());
+    w.u32(plans.len() as u32);
+    for plan in &plans {
+        w.str(&plan.to_string());
+    }
     w.u32(recipe.specs.len() as u32);
     for (_, spec) in &recipe.specs {
         w.str(&spec.path);
@@ -728,6 +741,10 @@ pub struct Reading<'e> {
 /// Where `step` goes on from.
 enum Stage {
     Head,
+    Plans {
+        next: usize,
+        count: usize,
+    },
     Policies {
         left: usize,
         policies: Vec<Rc<dyn Policy>>,
@@ -847,8 +864,27 @@ impl<'e> Reading<'e> {
                     *builder = Some(
                         crate::config::load_head(head.as_bytes(), *env, &mut problems)
                             .filter(|_| problems.is_ok())
-                            .ok_or("its APIs, plans or settings do not load")?,
+                            .ok_or("its APIs or settings do not load")?,
                     );
+                    *stage = Stage::Plans {
+                        next: 0,
+                        count: r.count(MAX_RECORDS)?,
+                    };
+                }
+                Stage::Plans { next, count } => {
+                    let builder = built(builder)?;
+                    while *next < *count {
+                        if !more() {
+                            return Ok(None);
+                        }
+                        let mut problems = Problems::default();
+                        let text = r.string()?;
+                        crate::config::load_plan(&text, *next, *env, builder, &mut problems);
+                        if let Some(problem) = problems.errors.first() {
+                            return Err(format!("a plan does not load: {problem}"));
+                        }
+                        *next += 1;
+                    }
                     *stage = Stage::Policies {
                         left: r.count(MAX_RECORDS)?,
                         policies: Vec::new(),
@@ -1454,6 +1490,74 @@ mod tests {
     }
 
     #[test]
+    fn an_image_read_between_requests_compiles_its_plans_one_step_at_a_time() {
+        // 40 plans, each with a policy of its own, and a client under every one of them.
+        let plans: Vec<Value> = (0..40)
+            .map(|i| {
+                serde_json::json!({"planId": format!("p{i}"), "policies": [
+                    {"policy": "simple-header", "config": {"addHeaders": [
+                        {"headerName": "X-Plan", "headerValue": format!("p{i}"), "applyTo": "Request"}]}}]})
+            })
+            .collect();
+        let clients: Vec<Value> = (0..40)
+            .map(|i| {
+                serde_json::json!({"organizationId": "o", "clientId": format!("c{i}"),
+                    "version": "1", "apiKey": format!("k{i}"),
+                    "contracts": [{"apiOrgId": "o", "apiId": "a", "apiVersion": "1", "plan": format!("p{i}")}]})
+            })
+            .collect();
+        let mut doc: Value = serde_json::from_str(&config()).unwrap();
+        doc["plans"] = Value::Array(plans);
+        doc["clients"] = Value::Array(clients);
+        let mut loaded = load(&doc.to_string(), &crate::config::no_env);
+        let mut pieces = image_of(&mut loaded, &EnvRecord::default()).into_iter();
+        let mut reading = Reading::new(&crate::config::no_env, Box::new(move || pieces.next()));
+        // As a live update reads it: no `accept`, one unit of work per step.
+        let (mut steps, mut adopted) = (0, None);
+        while adopted.is_none() {
+            steps += 1;
+            let mut asked = 0;
+            adopted = reading
+                .step(&mut || {
+                    asked += 1;
+                    asked == 1
+                })
+                .unwrap();
+        }
+        // A step for each plan, then one for each of the ~45 distinct policies (the plans
+        // compiled all in the first step, 47 steps in all, before plans were written apart).
+        assert!(steps > 80, "read in {steps} steps");
+        let adopted = adopted.unwrap();
+        assert_eq!(describe(&adopted), describe(&loaded));
+        let plan_of = |r: &Registry, key: &str| {
+            let (_, c) = r.client_by_key(key).unwrap();
+            format!("{:?}", c.contract(0).unwrap().plan)
+        };
+        assert_eq!(plan_of(&adopted, "k39"), plan_of(&loaded, "k39"));
+        assert!(
+            plan_of(&adopted, "k39").contains("p39"),
+            "{}",
+            plan_of(&adopted, "k39")
+        );
+    }
+
+    #[test]
+    fn an_image_whose_plan_does_not_load_is_refused_naming_the_plan_and_problem() {
+        let mut loaded = load(&config(), &crate::config::no_env);
+        let mut recipe = loaded.take_recipe().expect("a recipe");
+        assert!(recipe.head.contains("\"simple-header\""), "{}", recipe.head);
+        recipe.head = recipe
+            .head
+            .replace("\"simple-header\"", "\"no-such-policy\"");
+        let pieces = written(&loaded, &recipe, &EnvRecord::default());
+        let error = read_pieces(pieces, &crate::config::no_env).err().unwrap();
+        assert!(
+            error.starts_with("a plan does not load: plans[0]"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_table_damaged_past_what_accept_reads_is_refused_by_step() {
         let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
         let mut whole = image_of(&mut loaded, &EnvRecord::default()).concat();
@@ -1593,7 +1697,7 @@ mod tests {
 
     #[test]
     fn json_is_never_taken_for_an_image() {
-        let looks_like = br#"{  "tollgate-registry-image/3": 1}"#;
+        let looks_like = br#"{  "tollgate-registry-image/4": 1}"#;
         assert!(!is_image(looks_like));
     }
 
