@@ -1020,10 +1020,7 @@ fn log_warnings_once(warnings: &[String]) {
     let digest = tollgate_core::registry::key_digest(&warnings.join("\n"));
     let key = format!(
         "tollgate.config-warned.{}",
-        digest[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        tollgate_core::registry::hex(&digest[..8])
     );
     if abi::get_shared(&key).is_some()
         || abi::set_shared(&key, b"1", tollgate_core::host::CREATE_CAS) != abi::OK

@@ -326,6 +326,15 @@ impl Hasher for Fnv {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
+/// `bytes` in lowercase hex (one loop for the module's ids and digests, no formatting code).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (bytes.iter())
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
+}
+
 pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -855,7 +864,7 @@ type Policies = Vec<Rc<dyn Policy>>;
 /// canonical). Shared counters and metrics are namespaced by it.
 pub fn instance_id(kind: &str, config: &Value) -> String {
     let digest = Sha256::digest(format!("{kind}\n{config}").as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..8])
 }
 
 /// Compiles policy specs, each distinct (kind, configuration) once: contracts that carry the
@@ -1045,6 +1054,12 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(r.client_by_key("k1").unwrap().1.identity.client_id, "c1");
         assert!(r.client_by_key("k2").is_none());
+    }
+
+    #[test]
+    fn hex_writes_two_lowercase_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

@@ -496,7 +496,7 @@ impl RateLimit {
     fn call(&self, service: &Service, subject: &str) -> CallOut {
         // The subject carries the API key: the service gets a digest of it, never the key.
         let digest = Sha256::digest(subject.as_bytes());
-        let hashed: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hashed = crate::registry::hex(&digest[..16]);
         let entries = [
             ("tollgate_limit", self.instance.as_str()),
             ("subject", hashed.as_str()),

@@ -316,9 +316,9 @@ pub fn write(
     let (mut id_end, mut contracts_end) = (0u32, 0u32);
     let mut before = ClientRecord::default();
     let mut in_order = true;
-    w.groups(
-        registry.clients.iter().zip(fronts().flatten()),
-        |g, (c, (shared, rest))| {
+    let mut clients = registry.clients.iter().zip(fronts().flatten());
+    w.groups(registry.clients.len(), &mut |g| {
+        if let Some((c, (shared, rest))) = clients.next() {
             in_order &= c.id_start == id_end
                 && c.first_contract == contracts_end
                 && c.source >= before.source;
@@ -340,8 +340,8 @@ pub fn write(
                 varint(g, *v);
             }
             before = *c;
-        },
-    );
+        }
+    });
     if !in_order {
         return Err("the client records are not in the order the loader makes them".into());
     }
@@ -349,19 +349,25 @@ pub fn write(
     // and chain, or count up.
     w.u32(registry.contracts.len() as u32);
     let mut before = [0u32; 3];
-    w.groups(registry.contracts.iter(), |g, c| {
-        let now = [c.api, c.plan.wrapping_add(1), c.chain]; // NO_PLAN (u32::MAX) is 0
-        for (v, b) in now.iter().zip(before) {
-            varint(g, zigzag(v.wrapping_sub(b)));
+    let mut contracts = registry.contracts.iter();
+    w.groups(registry.contracts.len(), &mut |g| {
+        if let Some(c) = contracts.next() {
+            let now = [c.api, c.plan.wrapping_add(1), c.chain]; // NO_PLAN (u32::MAX) is 0
+            for (v, b) in now.iter().zip(before) {
+                varint(g, zigzag(v.wrapping_sub(b)));
+            }
+            before = now;
         }
-        before = now;
     });
     // The keys in the table's slot order, so the adopting VM fills its table front to back.
     w.u32(registry.keys.len() as u32);
     w.u32(registry.keys.capacity() as u32);
-    w.groups(registry.keys.entries(), |g, (id, client)| {
-        g.extend_from_slice(id);
-        varint(g, client);
+    let mut keys = registry.keys.entries();
+    w.groups(registry.keys.len(), &mut |g| {
+        if let Some((id, client)) = keys.next() {
+            g.extend_from_slice(id);
+            varint(g, client);
+        }
     });
     w.str("end");
     // The fingerprint of every byte before it: a reader adopts only the bytes that were
@@ -415,13 +421,14 @@ impl Writer<'_> {
         self.buf.clear();
     }
 
-    /// Records in groups of about `GROUP` bytes, each group `[records u32][bytes u32][bytes]`,
-    /// so a reader decodes from one slice at a time.
-    fn groups<T>(&mut self, items: impl Iterator<Item = T>, mut put: impl FnMut(&mut Vec<u8>, T)) {
+    /// `count` records, each appended by a call of `put`, in groups of about `GROUP` bytes,
+    /// each group `[records u32][bytes u32][bytes]`, so a reader decodes from one slice at a
+    /// time. (Not generic: one copy of this loop in the module.)
+    fn groups(&mut self, count: usize, put: &mut dyn FnMut(&mut Vec<u8>)) {
         let mut group = Vec::with_capacity(GROUP + MAX_RECORD);
         let mut n = 0u32;
-        for item in items {
-            put(&mut group, item);
+        for _ in 0..count {
+            put(&mut group);
             n += 1;
             if group.len() >= GROUP {
                 self.group(n, &group);

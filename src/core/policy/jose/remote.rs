@@ -132,7 +132,7 @@ impl Remote {
         label: &'static str,
     ) -> Remote {
         let digest = Sha256::digest(format!("{}\n{}", target.cluster, target.endpoint.url));
-        let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::registry::hex(&digest[..8]);
         Remote {
             target,
             timeout,
