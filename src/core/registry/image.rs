@@ -9,11 +9,13 @@
 //! compiled ahead (`compile`, tollgate-gen `--registry-image`) and delivered as the plugin's
 //! configuration itself, so no VM parses JSON at all.
 //!
-//! What is in it: the configuration's `gateway`, `apis` and `plans` as JSON (read again the
-//! usual way, so APIs, plans and settings are exactly as a full load makes them), every distinct
-//! policy of the contracts' chains as its spec (compiled again, each once), the chains as lists
-//! of those policies, the string tables and the client, contract and key records (as varints,
-//! in groups), and last the fingerprint of all the bytes before it. Which
+//! What is in it: the configuration's `gateway` and `apis` as JSON, then its `plans` as JSON one
+//! by one (read again the usual way, so APIs, plans and settings are exactly as a full load
+//! makes them), every distinct policy of the contracts' chains as its spec (compiled again, each
+//! once), the chains as lists of those policies, the string tables, the client ids front-coded
+//! and the client, contract and key records (as varints, in groups, each written as what changed
+//! from the one before where that is shorter), and last the fingerprint of all the bytes before
+//! it. Which
 //! environment variables the load read is recorded as digests of their values: a VM whose
 //! environment differs loads the configuration itself. The image is only ever written after a
 //! load that succeeded, and reading one checks every index and the closing fingerprint, so a
