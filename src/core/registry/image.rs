@@ -1472,26 +1472,33 @@ mod tests {
         assert_eq!(ids.finish(), Ok("ababcd".to_string()));
     }
 
+    /// Reads on with one unit of work (a policy, a plan, a record group…) per step: how many
+    /// steps it took, and the registry.
+    fn read_a_unit_per_step(reading: &mut Reading) -> (usize, Registry) {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let mut asked = 0;
+            let step = reading.step(&mut || {
+                asked += 1;
+                asked == 1
+            });
+            if let Some(registry) = step.unwrap() {
+                return (steps, registry);
+            }
+        }
+    }
+
     #[test]
     fn an_image_read_a_record_group_at_a_time_answers_like_one_read_at_once() {
         let mut loaded = load(&many_clients(20_000), &crate::config::no_env);
         let mut pieces = image_of(&mut loaded, &EnvRecord::default()).into_iter();
         let mut reading = Reading::new(&crate::config::no_env, Box::new(move || pieces.next()));
         reading.accept().unwrap();
-        let (mut steps, mut adopted) = (0, None);
-        while adopted.is_none() {
-            steps += 1;
-            let mut groups = 0;
-            adopted = reading
-                .step(&mut || {
-                    groups += 1;
-                    groups == 1
-                })
-                .unwrap();
-        }
+        let (steps, adopted) = read_a_unit_per_step(&mut reading);
         // 20,000 clients, contracts and keys take several groups each.
         assert!(steps > 6, "read in {steps} steps");
-        assert_eq!(describe(&adopted.unwrap()), describe(&loaded));
+        assert_eq!(describe(&adopted), describe(&loaded));
         assert_eq!(
             reading.step(&mut || true).err(),
             Some("the image was read already".to_string())
@@ -1522,21 +1529,10 @@ mod tests {
         let mut pieces = image_of(&mut loaded, &EnvRecord::default()).into_iter();
         let mut reading = Reading::new(&crate::config::no_env, Box::new(move || pieces.next()));
         // As a live update reads it: no `accept`, one unit of work per step.
-        let (mut steps, mut adopted) = (0, None);
-        while adopted.is_none() {
-            steps += 1;
-            let mut asked = 0;
-            adopted = reading
-                .step(&mut || {
-                    asked += 1;
-                    asked == 1
-                })
-                .unwrap();
-        }
+        let (steps, adopted) = read_a_unit_per_step(&mut reading);
         // A step for each plan, then one for each of the ~45 distinct policies (the plans
         // compiled all in the first step, 47 steps in all, before plans were written apart).
         assert!(steps > 80, "read in {steps} steps");
-        let adopted = adopted.unwrap();
         assert_eq!(describe(&adopted), describe(&loaded));
         let plan_of = |r: &Registry, key: &str| {
             let (_, c) = r.client_by_key(key).unwrap();
