@@ -121,6 +121,15 @@ pub fn generate(
         let why = tollgate_core::registry::image::environment_refused(&env_read);
         errors.push(format!("registry: {why}"));
     }
+    if !options.registry_image && env_read.is_empty() {
+        findings
+            .warnings
+            .extend(json_delivery_advice(plugin_json.len()));
+    }
+    let module = module(def, needs_jwt, &mut findings.warnings);
+    if options.registry_image {
+        reads_this_builds_images(&module, &mut errors, &mut findings.warnings);
+    }
 
     // Converted stores are written only when nothing else is wrong.
     let write = !options.check_only;
@@ -149,7 +158,6 @@ pub fn generate(
     let sds_dir_text = sds_dir.display().to_string();
     let dynamic_dir = options.out_dir.join("dynamic");
     let dynamic_dir_text = dynamic_dir.display().to_string();
-    let module = module(def, needs_jwt, &mut findings.warnings);
     let render = Render {
         source,
         node: (&def.node.id, &def.node.cluster),
@@ -259,6 +267,37 @@ fn module(def: &Definition, needs_jwt: bool, warnings: &mut Vec<String>) -> Stri
         def.wasm
     ));
     def.wasm.clone()
+}
+
+/// Registry JSON from this size on is better delivered compiled: every VM Envoy configures
+/// parses it whole (~50 ms per MB at a start, in V8), and while a worker does, at an update,
+/// requests wait (README → Registry scale: 194 MB took 11.7 s to start, 2 s compiled).
+pub const LARGE_JSON_REGISTRY: usize = 16 << 20;
+
+/// The advice a registry of `len` bytes of JSON gets when it is not delivered compiled.
+pub fn json_delivery_advice(len: usize) -> Option<String> {
+    (len >= LARGE_JSON_REGISTRY).then(|| {
+        format!(
+            "registry: {} MB of JSON, which every Envoy VM parses whole, and requests wait while a worker does at an update: --registry-image delivers it compiled, read between requests (README: Large registries: deliver them compiled)",
+            len >> 20
+        )
+    })
+}
+
+/// With `--registry-image`, the module must be of this tollgate-gen's build: the filter
+/// refuses an image compiled by another build, and Envoy the whole configuration with it. A
+/// module that cannot be read here (a path on another machine) is not checked, and gen says so.
+fn reads_this_builds_images(module: &str, errors: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let build = tollgate_core::registry::image::BUILD;
+    match std::fs::read(module) {
+        Ok(bytes) if bytes.windows(build.len()).any(|w| w == build.as_bytes()) => {}
+        Ok(_) => errors.push(format!(
+            "wasm: {module} is not of this tollgate-gen's build ({build}), and the filter refuses a registry image compiled by another build: build the module from this source again (scripts/lib.sh's build_wasm), or compile with the tollgate-gen of the module's release"
+        )),
+        Err(e) => warnings.push(format!(
+            "wasm: {module} cannot be read here ({e}), so whether it reads this tollgate-gen's registry images (build {build}) is not checked"
+        )),
+    }
 }
 
 /// Keystore entries and truststores, inspected (and converted) for Envoy.

@@ -1016,6 +1016,64 @@ fn a_lite_module_of_another_build_is_not_named_and_gen_says_why() {
     );
 }
 
+/// Generates `def` with `--registry-image` into a scratch directory.
+fn generate_imaged(label: &str, def: &Definition) -> Result<Generated, Vec<String>> {
+    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
+    let options = Options {
+        stores_dir: out.join("stores"),
+        out_dir: out.clone(),
+        check_only: false,
+        registry_image: true,
+    };
+    let result = generate(def, "test.yaml", &options);
+    let _ = std::fs::remove_dir_all(out);
+    result
+}
+
+#[test]
+fn a_registry_image_for_a_module_of_another_build_is_refused_before_anything_is_written() {
+    let dir = modules_dir("image-stale");
+    std::fs::write(format!("{dir}tollgate.wasm"), "\0asm...0123456789abcdef...").unwrap();
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", JWT_POLICY);
+    let errors = generate_imaged("image-stale-out", &def).err().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("tollgate.wasm is not of this tollgate-gen's build")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_registry_image_for_a_module_of_this_build_is_written() {
+    let dir = modules_dir("image-same");
+    let def = module_definition(&format!("{dir}tollgate.wasm"), "", JWT_POLICY);
+    let generated = generate_imaged("image-same-out", &def).unwrap();
+    assert_eq!(generated.module, format!("{dir}tollgate.wasm"));
+}
+
+#[test]
+fn a_registry_image_for_a_module_gen_cannot_read_is_written_with_a_warning() {
+    let def = module_definition("/nonexistent/tollgate.wasm", "", JWT_POLICY);
+    let generated = generate_imaged("image-unread-out", &def).unwrap();
+    assert!(
+        generated
+            .warnings
+            .iter()
+            .any(|w| w.contains("/nonexistent/tollgate.wasm cannot be read here")),
+        "{:?}",
+        generated.warnings
+    );
+}
+
+#[test]
+fn a_large_json_registry_is_advised_to_be_delivered_compiled() {
+    assert_eq!(json_delivery_advice(LARGE_JSON_REGISTRY - 1), None);
+    let advice = json_delivery_advice(LARGE_JSON_REGISTRY).unwrap();
+    assert!(advice.contains("16 MB of JSON"), "{advice}");
+    assert!(advice.contains("--registry-image"), "{advice}");
+}
+
 #[test]
 fn an_empty_wasm_lite_always_names_wasm() {
     let dir = modules_dir("none");
