@@ -74,6 +74,8 @@ pub struct ClusterPlan {
     pub connect_timeout_ms: u64,
     pub max_age_ms: u64,
     pub apis: Vec<String>,
+    /// A gRPC service's cluster: HTTP/2 (with ALPN `h2` over TLS).
+    pub grpc: bool,
 }
 
 /// Bytes Envoy reads from a backend before handing them on (`per_connection_buffer_limit_bytes`
@@ -568,6 +570,10 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         addr = q(&c.connect),
         port = c.port,
     );
+    let protocol = match c.grpc {
+        true => "http2_protocol_options",
+        false => "http_protocol_options",
+    };
     let Tls::Tls {
         trust,
         key,
@@ -575,6 +581,16 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         san,
     } = &c.tls
     else {
+        if c.grpc {
+            let _ = write!(
+                out,
+                r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{{protocol}: {{}}}}
+"#
+            );
+        }
         return;
     };
     let _ = write!(
@@ -585,7 +601,7 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         # Pooled connections are replaced after this long, so a rotated certificate reaches
         # every connection within it (new connections use it at once).
         common_http_protocol_options: {{max_connection_duration: {age}}}
-        explicit_http_config: {{http_protocol_options: {{}}}}
+        explicit_http_config: {{{protocol}: {{}}}}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
@@ -600,6 +616,10 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         out,
         "        common_tls_context:\n          tls_params: {{tls_minimum_protocol_version: TLSv1_2}}\n"
     );
+    if c.grpc {
+        // gRPC servers refuse a TLS connection that did not negotiate HTTP/2.
+        let _ = writeln!(out, "          alpn_protocols: [h2]");
+    }
     if let Some(k) = key.and_then(|i| r.keys.get(i)) {
         let _ = write!(
             out,

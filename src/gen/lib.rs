@@ -430,6 +430,7 @@ fn plan(planned: &[Planned], materials: &Materials, sds_dir: &Path) -> Plan {
             connect_timeout_ms: key.connect_timeout_ms,
             max_age_ms: key.max_age_ms,
             apis: p.apis.clone(),
+            grpc: key.grpc,
         });
     }
     plan

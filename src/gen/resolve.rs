@@ -40,6 +40,8 @@ pub struct ClusterKey {
     pub profile: Option<Profile>,
     pub connect_timeout_ms: u64,
     pub max_age_ms: u64,
+    /// A gRPC service's cluster (a rate limit service): HTTP/2.
+    pub grpc: bool,
 }
 
 /// One cluster to generate: its key, its name, and the APIs using it.
@@ -211,14 +213,27 @@ pub fn plan_call_targets(
             profile,
             connect_timeout_ms: resolution.defaults.0,
             max_age_ms: resolution.defaults.1,
+            grpc: target.grpc,
         };
         match resolution
             .clusters
             .iter_mut()
             .find(|c| c.name == target.cluster)
         {
-            Some(existing) if existing.key.host == key.host && existing.key.port == key.port => {
+            Some(existing)
+                if existing.key.host == key.host
+                    && existing.key.port == key.port
+                    && existing.key.grpc == key.grpc =>
+            {
                 existing.apis.push(id);
+            }
+            Some(existing) if existing.key.host == key.host && existing.key.port == key.port => {
+                errors.push(format!(
+                    "{path}: the cluster is also used for {} over {}, and one cluster speaks one protocol: name another cluster for {}",
+                    existing.apis.join(", "),
+                    if existing.key.grpc { "gRPC (HTTP/2)" } else { "HTTP/1.1" },
+                    e.url
+                ))
             }
             Some(existing) => errors.push(format!(
                 "{path}: the cluster is also used for {} at {}:{}, a different host or port than {}",
@@ -431,6 +446,7 @@ impl Apis<'_> {
             profile,
             connect_timeout_ms,
             max_age_ms,
+            grpc: false,
         })
     }
 }

@@ -906,6 +906,82 @@ fn contracts_that_disagree_on_the_connect_timeout_get_the_longest_with_a_warning
     );
 }
 
+/// A public API whose one policy is `policy` (YAML flow), and `more` policies after it.
+fn api_with_policies(policies: &str) -> String {
+    format!("  apis:\n  - {{organizationId: t, apiId: a, version: '1', publicAPI: true, endpoint: 'http://a.test/', apiPolicies: [{policies}]}}\n")
+}
+
+const RLS_LIMIT: &str = "{policy: rate-limiting, config: {limit: 5, granularity: Api, period: Day, rateLimitService: SERVICE}}";
+
+#[test]
+fn a_rate_limit_service_url_gets_an_http2_cluster() {
+    let registry =
+        api_with_policies(&RLS_LIMIT.replace("SERVICE", "{url: 'http://rls.test:8081'}"));
+    let clusters = generated("rls-cluster", &registry, false, |generated, out| {
+        generated.unwrap();
+        std::fs::read_to_string(out.join("dynamic/clusters.yaml")).unwrap()
+    });
+    let at = clusters
+        .find("name: \"rls.test:8081\"")
+        .unwrap_or_else(|| panic!("{clusters}"));
+    let cluster = &clusters[at..];
+    let cluster = &cluster[..cluster.find("\n- ").unwrap_or(cluster.len())];
+    assert!(
+        cluster.contains("explicit_http_config: {http2_protocol_options: {}}"),
+        "{cluster}"
+    );
+    assert!(cluster.contains("port_value: 8081"), "{cluster}");
+}
+
+#[test]
+fn a_rate_limit_service_over_tls_negotiates_http2() {
+    let registry =
+        api_with_policies(&RLS_LIMIT.replace("SERVICE", "{url: 'https://rls.test:8443'}"));
+    let def = definition::read(&format!(
+        "outbound: {{verify: false}}\nregistry:\n{registry}"
+    ))
+    .unwrap();
+    assert!(def.problems.is_empty(), "{:?}", def.problems);
+    let out = std::env::temp_dir().join(format!("tollgate-gen-rls-tls-{}", std::process::id()));
+    let options = Options {
+        stores_dir: out.join("stores"),
+        out_dir: out.clone(),
+        check_only: false,
+        registry_image: false,
+    };
+    let generated = generate(&def, "test.yaml", &options);
+    let clusters = std::fs::read_to_string(out.join("dynamic/clusters.yaml"));
+    let _ = std::fs::remove_dir_all(&out);
+    generated.unwrap();
+    let clusters = clusters.unwrap();
+    assert!(
+        clusters.contains("explicit_http_config: {http2_protocol_options: {}}"),
+        "{clusters}"
+    );
+    assert!(clusters.contains("alpn_protocols: [h2]"), "{clusters}");
+}
+
+#[test]
+fn a_rate_limit_service_sharing_a_cluster_with_an_http_call_is_refused() {
+    let policies = format!(
+        "{}, {{policy: ext-authz, config: {{url: 'http://shared.test:8081/check', cluster: shared}}}}",
+        RLS_LIMIT.replace("SERVICE", "{url: 'http://shared.test:8081', cluster: shared}")
+    );
+    let errors = generated(
+        "rls-shared",
+        &api_with_policies(&policies),
+        false,
+        |generated, _| generated.err().unwrap(),
+    );
+    assert!(
+        errors.iter().any(
+            |e| e.contains("call-out cluster shared: the cluster is also used for")
+                && e.contains("one cluster speaks one protocol")
+        ),
+        "{errors:?}"
+    );
+}
+
 /// Generates a plain-HTTP gateway from `registry` YAML with `--registry-image`.
 fn imaged_gateway(label: &str, registry: &str) -> Result<(String, Vec<u8>), Vec<String>> {
     generated(label, registry, true, |generated, out| {

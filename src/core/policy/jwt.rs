@@ -500,7 +500,8 @@ impl Policy for Jwt {
 
 // The policy's behaviour: only in a build with it (tollgate-lite.wasm refuses it; see
 // policy::docs's tests).
-#[cfg(all(test, feature = "jwt"))]
+#[cfg(test)]
+#[cfg(feature = "jwt")]
 mod tests {
     use super::*;
     use crate::host::Host;

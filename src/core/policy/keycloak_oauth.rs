@@ -509,7 +509,8 @@ impl Policy for KeycloakOauth {
 
 // The policy's behaviour: only in a build with it (tollgate-lite.wasm refuses it; see
 // policy::docs's tests).
-#[cfg(all(test, feature = "jwt"))]
+#[cfg(test)]
+#[cfg(feature = "jwt")]
 mod tests {
     use super::*;
     use crate::policy::jose::testing::*;

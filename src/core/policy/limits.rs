@@ -365,22 +365,36 @@ pub(super) struct Service {
 }
 
 pub(super) fn parse_service(
+    cx: &mut BuildContext,
     f: &mut Fields,
     config: Option<&LimitConfig>,
     problems: &mut Problems,
 ) -> Option<Service> {
     let mut s = f.object(&["rateLimitService"], problems)?;
-    let cluster = match s
+    let named = s
         .string(&["cluster"], problems)
-        .map(|c| c.trim().to_string())
-    {
-        Some(c) if !c.is_empty() => c,
-        Some(_) => {
+        .map(|c| c.trim().to_string());
+    // With a URL, tollgate-gen creates the (HTTP/2) cluster, named `host:port` unless named.
+    let cluster = match (s.string(&["url"], problems), named) {
+        (Some(url), named) => match cx.grpc_target(&url, named.as_deref()) {
+            Ok(target) => target.cluster,
+            Err(why) => {
+                let field = if named.as_deref().is_some_and(str::is_empty) {
+                    "cluster"
+                } else {
+                    "url"
+                };
+                problems.error(&s.field_path(field), why);
+                String::new()
+            }
+        },
+        (None, Some(c)) if !c.is_empty() => c,
+        (None, Some(_)) => {
             problems.error(&s.field_path("cluster"), "must not be empty");
             String::new()
         }
-        None => {
-            problems.error(&s.field_path("cluster"), "is required");
+        (None, None) => {
+            problems.error(&s.field_path("cluster"), "is required (or url)");
             String::new()
         }
     };
@@ -447,7 +461,7 @@ pub(super) fn build_rate_limit(
     problems: &mut Problems,
 ) -> Option<RateLimit> {
     let config = parse_config(f, flavour, problems);
-    let service = parse_service(f, config.as_ref(), problems);
+    let service = parse_service(cx, f, config.as_ref(), problems);
     Some(RateLimit {
         flavour,
         instance: cx.instance_id.to_string(),
@@ -705,7 +719,7 @@ macro_rules! limit_fields {
 pub(super) use limit_fields;
 
 /// The documented fields of `rateLimitService`.
-pub(super) const SERVICE_FIELDS: [FieldDoc; 5] = [
+pub(super) const SERVICE_FIELDS: [FieldDoc; 6] = [
     FieldDoc {
         name: "rateLimitService",
         aliases: &[],
@@ -720,7 +734,15 @@ pub(super) const SERVICE_FIELDS: [FieldDoc; 5] = [
         ty: "string",
         default: "",
         apiman: false,
-        meaning: "the Envoy cluster of the service (HTTP/2)",
+        meaning: "the Envoy cluster of the service (HTTP/2); required without url",
+    },
+    FieldDoc {
+        name: "rateLimitService.url",
+        aliases: &[],
+        ty: "string",
+        default: "",
+        apiman: false,
+        meaning: "where the service listens (http:// or https://host:port): tollgate-gen then creates its HTTP/2 cluster, named by cluster, else host:port",
     },
     FieldDoc {
         name: "rateLimitService.domain",

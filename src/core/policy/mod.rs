@@ -539,6 +539,8 @@ impl Context<'_> {
 pub struct CallTarget {
     pub cluster: String,
     pub endpoint: Endpoint,
+    /// The service speaks gRPC: its cluster must use HTTP/2.
+    pub grpc: bool,
 }
 
 /// What a policy's `build` gets besides its configuration.
@@ -574,13 +576,31 @@ impl<'a> BuildContext<'a> {
     /// Declares a service this policy calls at `url`, through `cluster` or by default the
     /// cluster named `host:port` of the URL (as backends are named). Returns the target.
     pub fn call_target(&mut self, url: &str, cluster: Option<&str>) -> Result<CallTarget, String> {
+        self.target(url, cluster, false)
+    }
+
+    /// As `call_target`, for a gRPC service (the cluster gets HTTP/2).
+    pub fn grpc_target(&mut self, url: &str, cluster: Option<&str>) -> Result<CallTarget, String> {
+        self.target(url, cluster, true)
+    }
+
+    fn target(
+        &mut self,
+        url: &str,
+        cluster: Option<&str>,
+        grpc: bool,
+    ) -> Result<CallTarget, String> {
         let endpoint = Endpoint::parse(url)?;
         let cluster = match cluster.map(str::trim) {
             Some("") => return Err("cluster must not be empty".to_string()),
             Some(c) => c.to_string(),
             None => endpoint.default_cluster(),
         };
-        let target = CallTarget { cluster, endpoint };
+        let target = CallTarget {
+            cluster,
+            endpoint,
+            grpc,
+        };
         if !self.call_targets.contains(&target) {
             self.call_targets.push(target.clone());
         }

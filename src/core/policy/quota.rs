@@ -22,12 +22,14 @@ pub const KIND: PolicyKind = PolicyKind {
         SERVICE_FIELDS[2],
         SERVICE_FIELDS[3],
         SERVICE_FIELDS[4],
+        SERVICE_FIELDS[5],
     ),
     #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"limit": 10000, "granularity": "Api", "period": "Month", "userHeader": "X-Auth-User",
                  "headerLimit": "X-Quota-Limit", "headerRemaining": "X-Quota-Remaining",
                  "headerReset": "X-Quota-Reset",
-                 "rateLimitService": {"cluster": "ratelimit", "domain": "tollgate", "timeoutMs": 500,
+                 "rateLimitService": {"cluster": "ratelimit", "url": "http://ratelimit.internal:8081",
+                                      "domain": "tollgate", "timeoutMs": 500,
                                       "failureMode": "closed"}}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,

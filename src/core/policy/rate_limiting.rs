@@ -22,12 +22,14 @@ pub const KIND: PolicyKind = PolicyKind {
         SERVICE_FIELDS[2],
         SERVICE_FIELDS[3],
         SERVICE_FIELDS[4],
+        SERVICE_FIELDS[5],
     ),
     #[cfg(not(target_arch = "wasm32"))]
     example: r#"{"limit": 100, "granularity": "Client", "period": "Minute", "userHeader": "X-Auth-User",
                  "headerLimit": "X-RateLimit-Limit", "headerRemaining": "X-RateLimit-Remaining",
                  "headerReset": "X-RateLimit-Reset",
-                 "rateLimitService": {"cluster": "ratelimit", "domain": "tollgate", "timeoutMs": 500,
+                 "rateLimitService": {"cluster": "ratelimit", "url": "http://ratelimit.internal:8081",
+                                      "domain": "tollgate", "timeoutMs": 500,
                                       "failureMode": "closed"}}"#,
     capabilities: Capabilities {
         answers_keyless_preflight: false,
@@ -444,9 +446,46 @@ mod tests {
             errors(&KIND, json!({"limit": 5_000_000_000_i64, "granularity": "Api", "period": "Day",
                 "rateLimitService": {}})),
             vec![
-                "config.rateLimitService.cluster: is required",
+                "config.rateLimitService.cluster: is required (or url)",
                 "config.limit: must be at most 4294967295 with a rateLimitService (the protocol counts in 32 bits)"
             ]
+        );
+    }
+
+    /// The call targets `config` declares (what tollgate-gen makes clusters of).
+    fn call_targets(config: serde_json::Value) -> Vec<crate::policy::CallTarget> {
+        let settings = crate::model::GatewaySettings::default();
+        let mut cx = crate::policy::BuildContext::new("i", &settings, &|_| None);
+        let mut problems = crate::json::Problems::default();
+        let mut fields = crate::json::Fields::of(&config, "config", &mut problems).unwrap();
+        (KIND.build)(&mut cx, &mut fields, &mut problems).unwrap();
+        assert!(problems.errors.is_empty(), "{problems:?}");
+        cx.call_targets
+    }
+
+    #[test]
+    fn a_service_url_declares_a_grpc_target_named_host_port_unless_a_cluster_is_named() {
+        let limit = |service| json!({"limit": 5, "granularity": "Api", "period": "Day", "rateLimitService": service});
+        let targets = call_targets(limit(json!({"url": "http://rls.test:8081"})));
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].cluster, "rls.test:8081");
+        assert!(targets[0].grpc);
+        assert!(!targets[0].endpoint.https);
+        let targets = call_targets(limit(
+            json!({"url": "https://rls.test", "cluster": "ratelimit"}),
+        ));
+        assert_eq!(targets[0].cluster, "ratelimit");
+        assert_eq!(targets[0].endpoint.port, 443);
+        // A cluster by name alone is the operator's own: nothing to create.
+        assert!(call_targets(limit(json!({"cluster": "ratelimit"}))).is_empty());
+    }
+
+    #[test]
+    fn a_service_url_that_is_not_http_is_refused_at_url() {
+        assert_eq!(
+            errors(&KIND, json!({"limit": 5, "granularity": "Api", "period": "Day",
+                "rateLimitService": {"url": "grpc://rls.test:8081"}})),
+            vec!["config.rateLimitService.url: \"grpc://rls.test:8081\" is not an http:// or https:// URL"]
         );
     }
 

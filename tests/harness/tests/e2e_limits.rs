@@ -639,3 +639,36 @@ fn two_gateways_share_one_limit_through_a_rate_limit_service_and_fail_as_configu
         envoy.log()
     );
 }
+
+#[test]
+fn tollgate_gen_creates_the_rate_limit_services_cluster_from_its_url() {
+    e2e!();
+    let Some(binary) = rls_binary() else {
+        return;
+    };
+    let redis = Redis::start();
+    let backend = KeepAliveBackend::start();
+    let (rls_port, _rls) = start_rls(&binary, redis.port);
+    let dir = live::scratch_dir("rls-gen").unwrap();
+    // No hand-written cluster: the policy's url is all tollgate-gen needs.
+    let definition = format!(
+        "wasm: {}\nadmin: {{address: 127.0.0.1, port: 0}}\nlistener: {{address: 127.0.0.1, port: 0}}\nregistry:\n  apis:\n  - {{organizationId: t, apiId: a, version: '1', publicAPI: true, endpoint: 'http://127.0.0.1:{}/', apiPolicies: [{{policy: rate-limiting, config: {{limit: 3, granularity: Api, period: Hour, rateLimitService: {{url: 'http://127.0.0.1:{rls_port}', domain: gen-made, timeoutMs: 2000}}}}}}]}}\n",
+        live::wasm_path().unwrap().display(),
+        backend.port
+    );
+    let path = dir.join("gateway.def.yaml");
+    std::fs::write(&path, definition).unwrap();
+    live::generate(&path, &dir.join("out"), &dir.join("stores"))
+        .unwrap_or_else(|e| panic!("tollgate-gen failed:\n{e}"));
+    let clusters = std::fs::read_to_string(dir.join("out/dynamic/clusters.yaml")).unwrap();
+    assert!(
+        clusters.contains(&format!("name: \"127.0.0.1:{rls_port}\"")),
+        "{clusters}"
+    );
+    let yaml = std::fs::read_to_string(dir.join("out/envoy.yaml")).unwrap();
+    let envoy = Envoy::start(&yaml, 1).unwrap();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| envoy.get("/t/a/1/x", &[]).map(|r| r.status).unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{}", envoy.log());
+}
