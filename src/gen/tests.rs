@@ -791,15 +791,26 @@ fn generated<T>(
     registry_image: bool,
     read: impl FnOnce(Result<Generated, Vec<String>>, &Path) -> T,
 ) -> T {
-    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
     let def = definition::read(&format!("registry:\n{registry}")).unwrap();
+    generated_from(label, &def, registry_image, read)
+}
+
+/// Generates `def` into a scratch directory and hands the outcome and that directory to `read`
+/// (the directory is removed afterwards).
+fn generated_from<T>(
+    label: &str,
+    def: &Definition,
+    registry_image: bool,
+    read: impl FnOnce(Result<Generated, Vec<String>>, &Path) -> T,
+) -> T {
+    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
     let options = Options {
         stores_dir: out.join("stores"),
         out_dir: out.clone(),
         check_only: false,
         registry_image,
     };
-    let result = read(generate(&def, "test.yaml", &options), &out);
+    let result = read(generate(def, "test.yaml", &options), &out);
     let _ = std::fs::remove_dir_all(out);
     result
 }
@@ -911,16 +922,22 @@ fn api_with_policies(policies: &str) -> String {
     format!("  apis:\n  - {{organizationId: t, apiId: a, version: '1', publicAPI: true, endpoint: 'http://a.test/', apiPolicies: [{policies}]}}\n")
 }
 
+/// The CDS file tollgate-gen writes for `def`.
+fn clusters_of(label: &str, def: &Definition) -> String {
+    generated_from(label, def, false, |generated, out| {
+        generated.unwrap();
+        std::fs::read_to_string(out.join("dynamic/clusters.yaml")).unwrap()
+    })
+}
+
 const RLS_LIMIT: &str = "{policy: rate-limiting, config: {limit: 5, granularity: Api, period: Day, rateLimitService: SERVICE}}";
 
 #[test]
 fn a_rate_limit_service_url_gets_an_http2_cluster() {
     let registry =
         api_with_policies(&RLS_LIMIT.replace("SERVICE", "{url: 'http://rls.test:8081'}"));
-    let clusters = generated("rls-cluster", &registry, false, |generated, out| {
-        generated.unwrap();
-        std::fs::read_to_string(out.join("dynamic/clusters.yaml")).unwrap()
-    });
+    let def = definition::read(&format!("registry:\n{registry}")).unwrap();
+    let clusters = clusters_of("rls-cluster", &def);
     let at = clusters
         .find("name: \"rls.test:8081\"")
         .unwrap_or_else(|| panic!("{clusters}"));
@@ -942,18 +959,7 @@ fn a_rate_limit_service_over_tls_negotiates_http2() {
     ))
     .unwrap();
     assert!(def.problems.is_empty(), "{:?}", def.problems);
-    let out = std::env::temp_dir().join(format!("tollgate-gen-rls-tls-{}", std::process::id()));
-    let options = Options {
-        stores_dir: out.join("stores"),
-        out_dir: out.clone(),
-        check_only: false,
-        registry_image: false,
-    };
-    let generated = generate(&def, "test.yaml", &options);
-    let clusters = std::fs::read_to_string(out.join("dynamic/clusters.yaml"));
-    let _ = std::fs::remove_dir_all(&out);
-    generated.unwrap();
-    let clusters = clusters.unwrap();
+    let clusters = clusters_of("rls-tls", &def);
     assert!(
         clusters.contains("explicit_http_config: {http2_protocol_options: {}}"),
         "{clusters}"
@@ -1094,16 +1100,7 @@ fn a_lite_module_of_another_build_is_not_named_and_gen_says_why() {
 
 /// Generates `def` with `--registry-image` into a scratch directory.
 fn generate_imaged(label: &str, def: &Definition) -> Result<Generated, Vec<String>> {
-    let out = std::env::temp_dir().join(format!("tollgate-gen-{label}-{}", std::process::id()));
-    let options = Options {
-        stores_dir: out.join("stores"),
-        out_dir: out.clone(),
-        check_only: false,
-        registry_image: true,
-    };
-    let result = generate(def, "test.yaml", &options);
-    let _ = std::fs::remove_dir_all(out);
-    result
+    generated_from(label, def, true, |generated, _| generated)
 }
 
 #[test]
