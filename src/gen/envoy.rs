@@ -570,10 +570,31 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         addr = q(&c.connect),
         port = c.port,
     );
-    let protocol = match c.grpc {
-        true => "http2_protocol_options",
-        false => "http_protocol_options",
-    };
+    let tls = matches!(c.tls, Tls::Tls { .. });
+    if tls || c.grpc {
+        let _ = write!(
+            out,
+            r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+"#
+        );
+        if tls {
+            let _ = write!(
+                out,
+                r#"        # Pooled connections are replaced after this long, so a rotated certificate reaches
+        # every connection within it (new connections use it at once).
+        common_http_protocol_options: {{max_connection_duration: {age}}}
+"#,
+                age = envoy_duration(c.max_age_ms),
+            );
+        }
+        let protocol = match c.grpc {
+            true => "http2_protocol_options",
+            false => "http_protocol_options",
+        };
+        let _ = writeln!(out, "        explicit_http_config: {{{protocol}: {{}}}}");
+    }
     let Tls::Tls {
         trust,
         key,
@@ -581,33 +602,15 @@ fn cluster_yaml(out: &mut String, c: &ClusterPlan, r: &Render) {
         san,
     } = &c.tls
     else {
-        if c.grpc {
-            let _ = write!(
-                out,
-                r#"    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{{protocol}: {{}}}}
-"#
-            );
-        }
         return;
     };
     let _ = write!(
         out,
-        r#"    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        # Pooled connections are replaced after this long, so a rotated certificate reaches
-        # every connection within it (new connections use it at once).
-        common_http_protocol_options: {{max_connection_duration: {age}}}
-        explicit_http_config: {{{protocol}: {{}}}}
-    transport_socket:
+        r#"    transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-"#,
-        age = envoy_duration(c.max_age_ms),
+"#
     );
     if let Some(sni) = sni {
         let _ = writeln!(out, "        sni: {}", q(sni));

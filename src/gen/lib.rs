@@ -255,12 +255,10 @@ fn module(def: &Definition, needs_jwt: bool, warnings: &mut Vec<String>) -> Stri
     let Some(lite) = def.wasm_lite.as_ref().filter(|_| !needs_jwt) else {
         return def.wasm.clone();
     };
-    let Ok(bytes) = std::fs::read(lite) else {
-        return def.wasm.clone();
-    };
-    let build = tollgate_core::registry::image::BUILD.as_bytes();
-    if bytes.windows(build.len()).any(|w| w == build) {
-        return lite.clone();
+    match of_this_build(lite) {
+        Ok(true) => return lite.clone(),
+        Ok(false) => {}
+        Err(_) => return def.wasm.clone(),
     }
     warnings.push(format!(
         "wasmLite: {lite} is not of this tollgate-gen's build (build both modules again: scripts/lib.sh's build_wasm); using {}",
@@ -289,15 +287,24 @@ pub fn json_delivery_advice(len: usize) -> Option<String> {
 /// module that cannot be read here (a path on another machine) is not checked, and gen says so.
 fn reads_this_builds_images(module: &str, errors: &mut Vec<String>, warnings: &mut Vec<String>) {
     let build = tollgate_core::registry::image::BUILD;
-    match std::fs::read(module) {
-        Ok(bytes) if bytes.windows(build.len()).any(|w| w == build.as_bytes()) => {}
-        Ok(_) => errors.push(format!(
+    match of_this_build(module) {
+        Ok(true) => {}
+        Ok(false) => errors.push(format!(
             "wasm: {module} is not of this tollgate-gen's build ({build}), and the filter refuses a registry image compiled by another build: build the module from this source again (scripts/lib.sh's build_wasm), or compile with the tollgate-gen of the module's release"
         )),
         Err(e) => warnings.push(format!(
             "wasm: {module} cannot be read here ({e}), so whether it reads this tollgate-gen's registry images (build {build}) is not checked"
         )),
     }
+}
+
+/// Whether the module at `path` was built from this tollgate-gen's source: it carries the build
+/// fingerprint its registry-image reader compares.
+fn of_this_build(path: &str) -> std::io::Result<bool> {
+    let build = tollgate_core::registry::image::BUILD.as_bytes();
+    Ok(std::fs::read(path)?
+        .windows(build.len())
+        .any(|w| w == build))
 }
 
 /// Keystore entries and truststores, inspected (and converted) for Envoy.

@@ -376,23 +376,18 @@ pub(super) fn parse_service(
         .map(|c| c.trim().to_string());
     // With a URL, tollgate-gen creates the (HTTP/2) cluster, named `host:port` unless named.
     let cluster = match (s.string(&["url"], problems), named) {
-        (Some(url), named) => match cx.grpc_target(&url, named.as_deref()) {
-            Ok(target) => target.cluster,
-            Err(why) => {
-                let field = if named.as_deref().is_some_and(str::is_empty) {
-                    "cluster"
-                } else {
-                    "url"
-                };
-                problems.error(&s.field_path(field), why);
-                String::new()
-            }
-        },
-        (None, Some(c)) if !c.is_empty() => c,
-        (None, Some(_)) => {
+        (_, Some(c)) if c.is_empty() => {
             problems.error(&s.field_path("cluster"), "must not be empty");
             String::new()
         }
+        (Some(url), named) => match cx.grpc_target(&url, named.as_deref()) {
+            Ok(target) => target.cluster,
+            Err(why) => {
+                problems.error(&s.field_path("url"), why);
+                String::new()
+            }
+        },
+        (None, Some(c)) => c,
         (None, None) => {
             problems.error(&s.field_path("cluster"), "is required (or url)");
             String::new()
